@@ -1,0 +1,163 @@
+"""Element-wise activations, usable as layers and as the ``activation`` field of Conv2D/Dense.
+
+Each activation is a pair of functions: ``forward(x) -> y`` and
+``backward(dy, x, y) -> dx``; the backward uses whichever of ``x`` or ``y`` is cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import NonNegativeFloat, PositiveFloat
+
+from .base import Layer, LayerSpec, register
+
+
+@dataclass(frozen=True)
+class Activation:
+    forward: Callable[[np.ndarray], np.ndarray]
+    backward: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def relu_forward(x):
+    return np.maximum(x, 0, dtype=x.dtype)
+
+
+def relu_backward(dy, x, y):
+    return dy * (y > 0)
+
+
+def sigmoid(x):
+    # the tanh form never overflows, unlike 1 / (1 + exp(-x))
+    half = x.dtype.type(0.5)
+    return half * (np.tanh(half * x) + 1)
+
+
+def tanh_backward(dy, x, y):
+    return dy * (1 - y * y)
+
+
+def sigmoid_backward(dy, x, y):
+    return dy * y * (1 - y)
+
+
+def softmax(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(dy, x, y):
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def leaky_relu(alpha: float) -> Activation:
+    def forward(x):
+        return np.where(x > 0, x, x * x.dtype.type(alpha))
+
+    def backward(dy, x, y):
+        return np.where(x > 0, dy, dy * dy.dtype.type(alpha))
+
+    return Activation(forward, backward)
+
+
+def elu(alpha: float) -> Activation:
+    def forward(x):
+        return np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
+
+    def backward(dy, x, y):
+        return np.where(x > 0, dy, dy * (y + y.dtype.type(alpha)))
+
+    return Activation(forward, backward)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "linear": Activation(lambda x: x, lambda dy, x, y: dy),
+    "relu": Activation(relu_forward, relu_backward),
+    "tanh": Activation(np.tanh, tanh_backward),
+    "sigmoid": Activation(sigmoid, sigmoid_backward),
+    "softmax": Activation(softmax, softmax_backward),
+    "leaky_relu": leaky_relu(0.3),
+    "elu": elu(1.0),
+}
+
+ActivationName = Literal["linear", "relu", "tanh", "sigmoid", "softmax", "leaky_relu", "elu"]
+
+
+class ActivationLayer(Layer):
+    """Shared machinery: subclasses set ``activation()``."""
+
+    def activation(self) -> Activation:
+        return ACTIVATIONS[self.type_name]
+
+    def build(self, in_shape, rng):
+        self._fn = self.activation()
+        return super().build(in_shape, rng)
+
+    def forward(self, x, training=False):
+        y = self._fn.forward(x)
+        self._x, self._y = x, y
+        return y
+
+    def backward(self, dy):
+        return self._fn.backward(dy, self._x, self._y)
+
+
+@register
+class ReLU(ActivationLayer):
+    class Spec(LayerSpec):
+        type: Literal["relu"] = "relu"
+
+
+@register
+class Tanh(ActivationLayer):
+    class Spec(LayerSpec):
+        type: Literal["tanh"] = "tanh"
+
+
+@register
+class Sigmoid(ActivationLayer):
+    class Spec(LayerSpec):
+        type: Literal["sigmoid"] = "sigmoid"
+
+
+@register
+class Softmax(ActivationLayer):
+    """Softmax over the last axis. For training, prefer logits + softmax cross-entropy."""
+
+    class Spec(LayerSpec):
+        type: Literal["softmax"] = "softmax"
+
+
+@register
+class LeakyReLU(ActivationLayer):
+    class Spec(LayerSpec):
+        type: Literal["leaky_relu"] = "leaky_relu"
+        alpha: NonNegativeFloat = 0.3
+
+    def activation(self):
+        return leaky_relu(self.spec.alpha)
+
+
+@register
+class ELU(ActivationLayer):
+    class Spec(LayerSpec):
+        type: Literal["elu"] = "elu"
+        alpha: PositiveFloat = 1.0
+
+    def activation(self):
+        return elu(self.spec.alpha)
+
+
+@register
+class ActivationByName(ActivationLayer):
+    """Keras' ``Activation('relu')``: any activation chosen by name."""
+
+    class Spec(LayerSpec):
+        type: Literal["activation"] = "activation"
+        activation: ActivationName
+
+    def activation(self):
+        return ACTIVATIONS[self.spec.activation]

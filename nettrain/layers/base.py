@@ -1,0 +1,147 @@
+"""The layer protocol and the registry that ties a YAML ``type`` to a spec and a class.
+
+A layer is one class with a pydantic ``Spec`` beside it::
+
+    @register
+    class Dense(Layer):
+        class Spec(LayerSpec):
+            type: Literal["dense"] = "dense"
+            units: PositiveInt
+
+        def build(self, in_shape, rng): ...      # -> out_shape (no batch axis)
+        def forward(self, x, training=False): ...
+        def backward(self, dy): ...               # -> dx, fills self.grads
+
+``params`` and ``grads`` are dicts with the same keys; non-trainable buffers
+(BatchNorm running statistics) live in ``state``. Shapes never include the
+batch axis: images are ``(C, H, W)``, sequences ``(T, F)``, vectors ``(F,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ShapeError
+
+Shape = tuple[int, ...]
+
+REGISTRY: dict[str, type["Layer"]] = {}
+
+
+class LayerSpec(BaseModel):
+    """Fields common to every layer spec; subclasses add ``type`` and their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+
+
+def register(cls: type["Layer"]) -> type["Layer"]:
+    """Class decorator: make ``cls`` (and its ``Spec``) available under its YAML type name."""
+    field = cls.Spec.model_fields.get("type")
+    if field is None or not isinstance(field.default, str):
+        raise TypeError(f"{cls.__name__}.Spec needs a `type: Literal[...] = ...` field")
+    type_name = field.default
+    if type_name in REGISTRY:
+        raise TypeError(f"layer type {type_name!r} registered twice")
+    cls.type_name = type_name
+    REGISTRY[type_name] = cls
+    return cls
+
+
+def format_shape(shape: Shape | None) -> str:
+    """Shapes as the user writes them: images HxWxC, others joined by x."""
+    if shape is None:
+        return "?"
+    if len(shape) == 3:
+        c, h, w = shape
+        return f"{h}x{w}x{c}"
+    return "x".join(str(d) for d in shape)
+
+
+class Layer:
+    """Base class: holds params/grads/state and the built shapes."""
+
+    Spec: ClassVar[type[LayerSpec]] = LayerSpec
+    type_name: ClassVar[str] = "layer"
+
+    def __init__(self, spec: LayerSpec | None = None, name: str | None = None, **fields: Any):
+        if spec is None:
+            spec = self.Spec(**fields)
+        elif fields:
+            spec = spec.model_copy(update=fields)
+        self.spec = spec
+        self.name = name or spec.name or self.type_name
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}
+        self.in_shape: Shape | None = None
+        self.out_shape: Shape | None = None
+        self.dtype = np.dtype(np.float32)
+
+    # -- shapes -------------------------------------------------------------
+    def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
+        """Create parameters for ``in_shape`` and return the output shape."""
+        self.in_shape = tuple(in_shape)
+        self.out_shape = self.compute_output_shape(self.in_shape)
+        return self.out_shape
+
+    def compute_output_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def shape_error(self, message: str) -> ShapeError:
+        return ShapeError(
+            f"layer '{self.name}' ({self.type_name}) on input {format_shape(self.in_shape)}: {message}"
+        )
+
+    def require_rank(self, in_shape: Shape, ranks: tuple[int, ...], what: str) -> None:
+        if len(in_shape) not in ranks:
+            self.in_shape = tuple(in_shape)
+            raise self.shape_error(f"expects {what}, got a rank-{len(in_shape)} input")
+
+    # -- computation --------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- bookkeeping --------------------------------------------------------
+    def children(self) -> list["Layer"]:
+        """Sub-layers of a container (residual block, sequential); empty for a leaf."""
+        return []
+
+    def macs(self) -> int:
+        """Multiply-accumulates per sample of one forward pass."""
+        return 0
+
+    def param_count(self) -> int:
+        return sum(int(p.size) for p in self.params.values()) + sum(c.param_count() for c in self.children())
+
+    def state_count(self) -> int:
+        return sum(int(s.size) for s in self.state.values()) + sum(c.state_count() for c in self.children())
+
+    def zero_grads(self) -> None:
+        for k, p in self.params.items():
+            self.grads[k] = np.zeros_like(p)
+        for c in self.children():
+            c.zero_grads()
+
+    def cast(self, dtype) -> None:
+        """Convert parameters, gradients and state to ``dtype`` (float64 for gradient checks)."""
+        self.dtype = np.dtype(dtype)
+        for store in (self.params, self.grads, self.state):
+            for k in store:
+                store[k] = store[k].astype(self.dtype)
+        for c in self.children():
+            c.cast(dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        """The spec as a plain dict that validates back to the same spec."""
+        return self.spec.model_dump(mode="json", exclude_none=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, out_shape={self.out_shape})"
