@@ -82,6 +82,11 @@ class Layer:
         self.out_shape: Shape | None = None
         self.dtype = np.dtype(np.float32)
 
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, name: str, make_child) -> "Layer":
+        """Construct from a validated spec; containers build children with ``make_child(spec)``."""
+        return cls(spec, name=name)
+
     # -- shapes -------------------------------------------------------------
     def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
         """Create parameters for ``in_shape`` and return the output shape."""

@@ -1,0 +1,59 @@
+"""Sequential: layers applied one after another (the model body and residual bodies)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .base import Layer, LayerSpec, Shape
+
+
+class Sequential(Layer):
+    """Layers applied one after another; the body of a residual block is one of these."""
+
+    type_name = "sequential"
+
+    def __init__(self, layers: list[Layer], name: str = "sequential"):
+        super().__init__(LayerSpec(), name=name)
+        self.layers = list(layers)
+        # called as hook(layer, output) after each layer's forward: used to name the first
+        # layer whose output goes non-finite and to collect activation statistics
+        self.forward_hook: Callable[[Layer, np.ndarray], None] | None = None
+
+    def children(self) -> list[Layer]:
+        return self.layers
+
+    def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
+        self.in_shape = tuple(in_shape)
+        shape = self.in_shape
+        for layer in self.layers:
+            shape = layer.build(shape, rng)
+        self.out_shape = shape
+        return shape
+
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+            if self.forward_hook is not None:
+                self.forward_hook(layer, x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def macs(self) -> int:
+        return sum(layer.macs() for layer in self.layers)
+
+    def get_config(self):
+        return {"type": "sequential", "layers": [layer.get_config() for layer in self.layers]}
+
+
+def walk(layer: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+    """Every layer under ``layer`` (depth first, parents first) with its dotted path."""
+    for child in layer.children():
+        path = f"{prefix}{child.name}"
+        yield path, child
+        yield from walk(child, path + ".")

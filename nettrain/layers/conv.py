@@ -1,0 +1,139 @@
+"""Conv2D: 2-D convolution (cross-correlation, as in every framework) on NCHW input."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Optional, Union
+
+import numpy as np
+from pydantic import AfterValidator, PositiveInt, conlist
+
+from .. import kernels
+from ..initializers import InitializerSpec, initialize
+from .activations import ACTIVATIONS, ActivationName
+from .base import Layer, LayerSpec, Shape, register
+
+IntPair = Union[PositiveInt, conlist(PositiveInt, min_length=2, max_length=2)]
+NonNegPair = Union[int, conlist(int, min_length=2, max_length=2)]
+
+
+def as_pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def _padding_nonnegative(value):
+    if not isinstance(value, str) and min(as_pair(value)) < 0:
+        raise ValueError("padding must be 'valid', 'same', or non-negative int(s)")
+    return value
+
+
+Padding = Annotated[Union[Literal["valid", "same"], NonNegPair], AfterValidator(_padding_nonnegative)]
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras/TF 'same': output ceil(n/s); the odd pixel of padding goes after (bottom/right)."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(padding, in_hw, kernel, stride) -> kernels.Pad4:
+    """``valid`` | ``same`` | int | (ph, pw) -> (top, bottom, left, right) for an effective kernel."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        return (*same_padding(in_hw[0], kernel[0], stride[0]), *same_padding(in_hw[1], kernel[1], stride[1]))
+    ph, pw = as_pair(padding)
+    return (ph, ph, pw, pw)
+
+
+def window_output_size(layer: Layer, in_hw, kernel, stride, pad: kernels.Pad4, what: str = "kernel"):
+    """(n + p_before + p_after - f)/s + 1 per axis; a ShapeError spelling out the arithmetic if < 1."""
+    out = []
+    for axis, n, f, s, p0, p1 in (("height", in_hw[0], kernel[0], stride[0], pad[0], pad[1]),
+                                   ("width", in_hw[1], kernel[1], stride[1], pad[2], pad[3])):
+        size = (n + p0 + p1 - f) // s + 1
+        if n + p0 + p1 - f < 0:
+            pad_text = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
+            raise layer.shape_error(
+                f"{what} {f} does not fit the {axis} {n}: ({n} + {pad_text} - {f})/{s} + 1 = "
+                f"{(n + p0 + p1 - f) / s + 1:g}; use a smaller {what}, padding: same, or a larger input"
+            )
+        out.append(size)
+    return tuple(out)
+
+
+@register
+class Conv2D(Layer):
+    """y[n, f] = sum_c x[n, c] * W[f, c] + b[f], over kh x kw windows; weights (F, C, kh, kw)."""
+
+    class Spec(LayerSpec):
+        type: Literal["conv2d"] = "conv2d"
+        filters: PositiveInt
+        kernel_size: IntPair
+        strides: IntPair = 1
+        padding: Padding = "valid"
+        dilation: IntPair = 1
+        use_bias: bool = True
+        activation: Optional[ActivationName] = None
+        kernel_initializer: Optional[InitializerSpec] = None
+        bias_initializer: InitializerSpec = "zeros"
+
+    def build(self, in_shape: Shape, rng):
+        self.in_shape = tuple(in_shape)
+        self.require_rank(in_shape, (3,), "an image (height x width x channels); add a reshape before it")
+        s = self.spec
+        c, h, w = in_shape
+        self.kernel = as_pair(s.kernel_size)
+        self.stride = as_pair(s.strides)
+        self.dilation = as_pair(s.dilation)
+        effective = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+        self.pad = resolve_padding(s.padding, (h, w), effective, self.stride)
+        self.out_hw = window_output_size(self, (h, w), effective, self.stride, self.pad)
+        kh, kw = self.kernel
+        fan_in, fan_out = c * kh * kw, s.filters * kh * kw
+        init = s.kernel_initializer or ("he_normal" if s.activation in ("relu", "leaky_relu", "elu", None) else "glorot_uniform")
+        self.params["kernel"] = initialize(init, (s.filters, c, kh, kw), fan_in, fan_out, rng)
+        if s.use_bias:
+            self.params["bias"] = initialize(s.bias_initializer, (s.filters,), fan_in, fan_out, rng)
+        self.act = ACTIVATIONS[s.activation] if s.activation else None
+        self.zero_grads()
+        self.out_shape = (s.filters, *self.out_hw)
+        return self.out_shape
+
+    def macs(self) -> int:
+        c = self.in_shape[0]
+        return int(np.prod(self.out_shape)) * c * self.kernel[0] * self.kernel[1]
+
+    def forward(self, x, training=False):
+        n = x.shape[0]
+        f = self.spec.filters
+        xp = kernels.pad_images(x, self.pad)
+        cols = kernels.im2col(xp, self.kernel, self.stride, self.dilation, self.out_hw)
+        self._cols, self._padded_shape = cols, xp.shape
+        w2 = self.params["kernel"].reshape(f, -1)
+        z = (w2 @ cols.reshape(w2.shape[1], -1)).reshape(f, n, *self.out_hw).transpose(1, 0, 2, 3)
+        if "bias" in self.params:
+            z = z + self.params["bias"].reshape(1, f, 1, 1)
+        else:
+            z = np.ascontiguousarray(z)
+        if self.act is None:
+            return z
+        y = self.act.forward(z)
+        self._z, self._y = z, y
+        return y
+
+    def backward(self, dy):
+        if self.act is not None:
+            dy = self.act.backward(dy, self._z, self._y)
+        f = self.spec.filters
+        dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1)
+        cols2 = self._cols.reshape(-1, dy2.shape[1])
+        self.grads["kernel"][...] = (dy2 @ cols2.T).reshape(self.params["kernel"].shape)
+        if "bias" in self.params:
+            self.grads["bias"][...] = dy2.sum(axis=1)
+        dcols = (self.params["kernel"].reshape(f, -1).T @ dy2).reshape(self._cols.shape)
+        dxp = kernels.col2im(dcols, self._padded_shape, self.stride, self.dilation)
+        return kernels.unpad_images(dxp, self.pad)

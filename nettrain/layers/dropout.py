@@ -1,0 +1,36 @@
+"""Dropout (inverted): zero a fraction ``rate`` in training and scale the rest by 1/(1-rate)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import Field
+
+from .base import Layer, LayerSpec, register
+
+
+@register
+class Dropout(Layer):
+    """Masks come from the layer's own generator, seeded from ``seed`` or the model's seed."""
+
+    class Spec(LayerSpec):
+        type: Literal["dropout"] = "dropout"
+        rate: float = Field(0.5, ge=0.0, lt=1.0)
+        seed: Optional[int] = None
+
+    def build(self, in_shape, rng):
+        seed = self.spec.seed if self.spec.seed is not None else int(rng.integers(2**63))
+        self.rng = np.random.default_rng(seed)
+        return super().build(in_shape, rng)
+
+    def forward(self, x, training=False):
+        if not training or self.spec.rate == 0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.spec.rate
+        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype) / x.dtype.type(keep)
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask

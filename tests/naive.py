@@ -1,0 +1,39 @@
+"""Naive loop implementations: the definitions that the fast kernels are tested against."""
+
+import numpy as np
+
+
+def conv2d(x, w, b, stride, pad, dilation):
+    """Direct definition: loops over output pixels; pad = (top, bottom, left, right)."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])))
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((n, f, oh, ow), dtype=np.float64)
+    for r in range(oh):
+        for q in range(ow):
+            patch = xp[:, :, r * sh : r * sh + dh * (kh - 1) + 1 : dh, q * sw : q * sw + dw * (kw - 1) + 1 : dw]
+            y[:, :, r, q] = np.einsum("nckl,fckl->nf", patch, w)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def pool2d(x, pool, stride, pad, op):
+    """Max or mean over windows by explicit loops; padded cells never win a max and are not counted in a mean."""
+    n, c, h, w = x.shape
+    ph, pw = pool
+    sh, sw = stride
+    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+    oh, ow = (hp - ph) // sh + 1, (wp - pw) // sw + 1
+    y = np.zeros((n, c, oh, ow))
+    for r in range(oh):
+        for q in range(ow):
+            r0, q0 = r * sh - pad[0], q * sw - pad[2]
+            rs, qs = slice(max(r0, 0), min(r0 + ph, h)), slice(max(q0, 0), min(q0 + pw, w))
+            patch = x[:, :, rs, qs].reshape(n, c, -1)
+            y[:, :, r, q] = patch.max(-1) if op == "max" else patch.mean(-1)
+    return y

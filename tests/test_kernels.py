@@ -1,0 +1,80 @@
+"""The vectorised kernels against naive loop definitions, on random shapes."""
+
+import numpy as np
+import pytest
+
+import naive
+from nettrain.layers import REGISTRY
+
+CONV_SHAPES = [
+    # (N, C, H, W), filters, kernel, stride, padding, dilation
+    ((2, 3, 7, 7), 4, (3, 3), (1, 1), "same", (1, 1)),
+    ((2, 3, 8, 8), 4, (3, 3), (2, 2), "same", (1, 1)),
+    ((1, 2, 7, 6), 3, (2, 2), (2, 2), "same", (1, 1)),  # even kernel, same, stride 2, odd input
+    ((2, 2, 9, 5), 3, (4, 2), (1, 1), "same", (1, 1)),  # even kernel, stride 1: asymmetric pad
+    ((2, 3, 6, 9), 2, (2, 3), (1, 2), "valid", (1, 1)),  # non-square input and kernel
+    ((1, 2, 9, 9), 2, (3, 3), (1, 1), "valid", (2, 2)),  # dilation
+    ((1, 2, 9, 8), 2, (3, 2), (2, 1), "same", (2, 3)),
+    ((2, 3, 10, 10), 5, (4, 4), (4, 4), "valid", (1, 1)),  # AlexNet-like 4x4/4
+    ((1, 3, 6, 6), 2, (3, 3), (1, 1), 2, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
+def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation):
+    rng = np.random.default_rng(0)
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    layer.build(shape[1:], rng)
+    layer.params["bias"][:] = rng.standard_normal(filters)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = layer.forward(x)
+    expect = naive.conv2d(x.astype(np.float64), layer.params["kernel"].astype(np.float64),
+                          layer.params["bias"], stride, layer.pad, dilation)
+    assert y.shape == expect.shape
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
+    if padding == "same":
+        assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(shape[2:], stride))
+
+
+POOL_CASES = [
+    ((2, 3, 8, 8), (2, 2), (2, 2), "valid"),  # non-overlapping
+    ((2, 3, 25, 25), (3, 3), (2, 2), "valid"),  # overlapping (AlexNet-like)
+    ((1, 2, 12, 12), (4, 4), (2, 2), "valid"),
+    ((2, 2, 7, 9), (2, 3), (2, 1), "valid"),  # non-square
+    ((2, 2, 7, 7), (3, 3), (2, 2), "same"),
+    ((1, 2, 6, 5), (2, 2), (1, 1), "same"),
+]
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+@pytest.mark.parametrize("shape,pool,stride,padding", POOL_CASES)
+def test_pooling_matches_naive(op, shape, pool, stride, padding):
+    cls = REGISTRY[f"{op}pool2d"]
+    layer = cls(cls.Spec(pool_size=list(pool), strides=list(stride), padding=padding))
+    layer.build(shape[1:], np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    y = layer.forward(x)
+    expect = naive.pool2d(x.astype(np.float64), pool, stride, layer.pad, "max" if op == "max" else "mean")
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_maxpool_gradient_goes_to_the_first_maximum_on_ties():
+    cls = REGISTRY["maxpool2d"]
+    layer = cls(cls.Spec(pool_size=2))
+    layer.build((1, 2, 2), np.random.default_rng(0))
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    layer.forward(x)
+    dx = layer.backward(np.ones((1, 1, 1, 1), np.float32))
+    np.testing.assert_array_equal(dx.reshape(-1), [1, 0, 0, 0])
+
+
+def test_no_np_add_at_in_the_package():
+    from pathlib import Path
+
+    import nettrain
+
+    root = Path(nettrain.__file__).parent
+    offenders = [p.name for p in root.rglob("*.py") if "add.at(" in p.read_text()]
+    assert offenders == []
