@@ -67,5 +67,5 @@ def initialize(
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, shape).astype(dtype)
     if spec == "orthogonal":
-        return _orthogonal(shape, rng).astype(dtype)
+        return np.ascontiguousarray(_orthogonal(shape, rng), dtype=dtype)
     raise ValueError(f"unknown initializer {spec!r}")

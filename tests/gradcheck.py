@@ -17,6 +17,7 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    assert x.flags.c_contiguous, "perturbing a non-contiguous array through reshape would edit a copy"
     grad = np.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
