@@ -6,6 +6,9 @@ as one line on stderr and exits with its exit code (2), never a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from . import __version__
@@ -22,6 +25,375 @@ def root() -> None:
 def version() -> None:
     """Print the nettrain version."""
     typer.echo(f"nettrain {__version__}")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Get data sets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="fashion-mnist, mnist or cifar10"),
+    dest: Path = typer.Option(Path("data"), "--dest", help="folder that receives <name>/"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from"),
+) -> None:
+    """Download a data set into DEST/NAME/, checking every file's checksum."""
+    from .download import download
+    from .errors import NettrainError
+
+    try:
+        folder = download(name, dest, base_url=base_url, progress=True)
+    except NettrainError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo(f"{name}: ready in {folder}")
+
+
+def _print_problems(e) -> None:
+    """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
+    for line in getattr(e, "problems", None) or [str(e)]:
+        typer.echo(f"error: {line}", err=True)
+
+
+def _fail(e) -> None:
+    """Print a NettrainError as one line (every problem of a ConfigError on its own line) and exit."""
+    _print_problems(e)
+    raise typer.Exit(e.exit_code)
+
+
+def run_or_exit(fn, *args, **kwargs):
+    """Call ``fn``; a NettrainError becomes its problems on stderr and its exit code, never a traceback."""
+    from .errors import NettrainError
+
+    try:
+        return fn(*args, **kwargs)
+    except NettrainError as e:
+        _fail(e)
+
+
+SET_HELP = "override a config value, e.g. --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
+
+
+@app.command()
+def check(
+    configs: list[Path] = typer.Argument(..., help="YAML configs to validate and build"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Validate and build configs without training; print every problem of each file. Exit 0 or 2."""
+    from .builder import build_model
+    from .config import load_config
+    from .errors import NettrainError
+
+    failed = 0
+    for path in configs:
+        try:
+            model = build_model(load_config(path, list(set_ or [])))
+        except NettrainError as e:
+            failed = e.exit_code
+            _print_problems(e)
+            continue
+        total = model.param_count() + model.state_count()
+        typer.echo(f"ok: {path}: {len(model.layers)} layers, {total:,} params ({model.param_count():,} trainable)")
+    if failed:
+        raise typer.Exit(failed)
+
+
+@app.command()
+def summarize(
+    config: Path = typer.Argument(..., help="the YAML config to summarize"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    format: str = typer.Option("table", "--format", help="table, json or csv"),
+    stats: bool = typer.Option(False, "--stats", help="add each layer's activation mean/std on one random batch"),
+    batch: int = typer.Option(8, "--batch", min=1, help="batch size of the --stats forward pass"),
+) -> None:
+    """Layers, output shapes (HxWxC), parameters, MACs per sample and memory of a config's model."""
+    from .config import load_config
+    from .summary import summarize_config
+
+    def make():
+        if format not in ("table", "json", "csv"):
+            raise _usage(f"--format must be table, json or csv, got {format!r}")
+        return summarize_config(load_config(config, list(set_ or [])), stats=stats, stats_batch=batch)
+
+    summary = run_or_exit(make)
+    if format == "json":
+        import json
+
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    elif format == "csv":
+        import csv
+        import sys
+
+        csv.writer(sys.stdout, lineterminator="\n").writerows(_csv_rows(summary))
+    else:
+        _print_summary(summary)
+
+
+def _csv_rows(summary):
+    from .summary import summary_csv_rows
+
+    return summary_csv_rows(summary)
+
+
+def _wide_enough(table):
+    """A console at least as wide as the table, so numbers are never cut to 'Ellipsis'."""
+    from rich.console import Console
+
+    from rich.measure import Measurement
+
+    console = Console()
+    width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    return console if width <= console.width else Console(width=width)
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    stats = summary.stats_batch is not None
+    table = Table(title=f"{summary.name}: input {summary.input_shape}", title_justify="left")
+    for column in ("#", "name", "type", "output", "params", "MACs") + (("mean", "std") if stats else ()):
+        table.add_column(column, justify="right" if column in ("params", "MACs", "mean", "std") else "left")
+    for row in summary.rows:
+        cells = [row.index, "  " * row.depth + row.name, row.type, row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
+        if stats:
+            cells += ["-" if row.mean is None else f"{row.mean:.3g}", "-" if row.std is None else f"{row.std:.3g}"]
+        table.add_row(*(Text(c, style="dim" if row.depth else "") for c in cells))
+    console = _wide_enough(table)
+    console.print(table)
+    m = summary.memory_mb
+    lines = [
+        f"total params: {summary.total_params:,}",
+        f"trainable params: {summary.trainable_params:,}",
+        f"non-trainable params: {summary.non_trainable_params:,}",
+        f"MACs per sample: {summary.total_macs:,} ({summary.total_macs / 1e6:.2f} M)",
+        f"memory (MB, float32, batch {summary.batch_size}):",
+        f"  parameters {m['parameters']:.2f}, gradients {m['gradients']:.2f}, "
+        f"optimizer state {m['optimizer_state']:.2f} ({summary.optimizer_slots} slot(s) per parameter)",
+        f"  activations {m['activations_forward']:.2f} forward, {m['activations_training']:.2f} training",
+        f"  total for training {m['total_training']:.2f}",
+    ]
+    if stats:
+        lines.append(f"activation mean/std: one forward pass (training=False) on {summary.stats_batch} N(0, 1) samples")
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("layers")
+def layers_command(
+    format: str = typer.Option("table", "--format", help="table, markdown or json"),
+) -> None:
+    """Every layer type with its fields, their types and defaults (read from the schemas)."""
+    from .config import layer_reference
+
+    if format not in ("table", "markdown", "json"):
+        _fail(_usage(f"--format must be table, markdown or json, got {format!r}"))
+    reference = layer_reference()
+    if format == "json":
+        import json
+
+        typer.echo(json.dumps(reference, indent=2))
+    elif format == "markdown":
+        typer.echo(_layers_markdown(reference))
+    else:
+        _print_layers(reference)
+
+
+COMMON_FIELDS_NOTE = (
+    "Every layer also takes `name` (unique in the model; default `<type>_<k>`, e.g. `conv2d_3`) "
+    "and `repeat: n` (n copies in a row)."
+)
+
+
+def _layers_markdown(reference) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = [COMMON_FIELDS_NOTE, ""]
+    for layer in reference:
+        out += [f"### `{layer['type']}`", ""]
+        if layer["doc"]:
+            out += [layer["doc"], ""]
+        if layer["fields"]:
+            out += ["| field | type | default |", "| --- | --- | --- |"]
+            out += [f"| `{f['name']}` | {cell(f['type'])} | {cell(f['default'])} |" for f in layer["fields"]]
+        else:
+            out.append("No fields.")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _print_layers(reference) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="layer types", title_justify="left")
+    for column in ("type", "field", "accepts", "default"):
+        table.add_column(column)
+    for layer in reference:
+        fields = layer["fields"] or [{"name": "-", "type": "", "default": ""}]
+        for i, f in enumerate(fields):
+            table.add_row(Text(layer["type"] if i == 0 else "", style="bold"), Text(f["name"]),
+                          Text(f["type"]), Text(f["default"]), end_section=i == len(fields) - 1)
+    Console().print(table)
+    typer.echo(COMMON_FIELDS_NOTE.replace("`", ""))
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="the YAML config to train"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config value: --set train.epochs=3"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a config; write a run folder with checkpoints and metrics."""
+    from .config import load_config
+    from .errors import NettrainError
+    from .console import ConsoleReporter
+    from .training import Trainer
+
+    overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    try:
+        cfg = load_config(config, overrides)
+        reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)
+        result = Trainer(cfg, resume=resume, reporter=reporter).fit()
+    except NettrainError as e:
+        _fail(e)
+    except KeyboardInterrupt:  # a second Ctrl-C: checkpoints are written atomically, so none is broken
+        typer.echo("aborted; checkpoints/last.npz holds the last finished epoch or stop", err=True)
+        raise typer.Exit(130) from None
+    out = reporter.console
+    if result.best_value is not None:
+        out.print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}")
+    if result.stopped == "interrupted":
+        epoch, batch = result.cursor
+        at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
+        typer.echo(f"interrupted at {at}; saved {result.run_dir / 'checkpoints' / 'last.npz'}", err=True)
+        typer.echo(f"resume with: nettrain train {config} --resume {result.run_dir}", err=True)
+        raise typer.Exit(result.exit_code)
+    out.print(f"run folder: {result.run_dir}")
+
+
+@app.command("eval")
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder (uses its best.npz)"),
+    split: str = typer.Option("test", "--split", help="test, val or train"),
+    format: str = typer.Option("table", "--format", help="table or json"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
+) -> None:
+    """Evaluate a checkpoint: loss, accuracy, per-class scores and the confusion matrix."""
+    from .errors import NettrainError
+    from .evaluate import evaluate_checkpoint, plot_confusion
+    from .console import confusion_png_path, print_eval_table
+
+    try:
+        if split not in ("test", "val", "train"):
+            raise _usage(f"--split must be test, val or train, got {split!r}")
+        if format not in ("table", "json"):
+            raise _usage(f"--format must be table or json, got {format!r}")
+        report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
+        png = None
+        try:
+            png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+        except NettrainError as e:
+            typer.echo(f"note: {e}", err=True)
+    except NettrainError as e:
+        _fail(e)
+    if format == "json":
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+        if png is not None:
+            typer.echo(f"confusion matrix plot: {png}", err=True)
+    else:
+        print_eval_table(report, png)
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder"),
+    files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
+    format: str = typer.Option("table", "--format", help="table or json"),
+    top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
+) -> None:
+    """Classify images or .npz batches with a trained checkpoint."""
+    from .errors import NettrainError
+    from .evaluate import load_trained, predict as predict_files
+    from .console import print_predictions
+
+    try:
+        if format not in ("table", "json"):
+            raise _usage(f"--format must be table or json, got {format!r}")
+        results = predict_files(load_trained(checkpoint), files, top=top)
+    except NettrainError as e:
+        _fail(e)
+    if format == "json":
+        import json
+
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        print_predictions(results)
+
+
+@app.command()
+def bench(
+    config: Path = typer.Argument(..., help="the YAML config whose model to time"),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="images per step"),
+    steps: int = typer.Option(10, "--steps", min=1, help="timed steps"),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="untimed steps first"),
+    format: str = typer.Option("table", "--format", help="table or json"),
+    use_fast: Optional[bool] = typer.Option(None, "--fast/--no-fast",
+                                            help="compiled (numba) or NumPy kernels; default: numba when installed"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Training and forward throughput on random data, time per layer, peak memory."""
+    from .bench import benchmark
+    from .config import load_config
+
+    def run():
+        if format not in ("table", "json"):
+            raise _usage(f"--format must be table or json, got {format!r}")
+        cfg = load_config(config, list(set_ or []))
+        return benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast)
+
+    result = run_or_exit(run)
+    if format == "json":
+        import json
+
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _print_bench(result)
+
+
+def _print_bench(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['config']}: time per layer (own time, per step)", title_justify="left")
+    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for row in result["layers"]:
+        table.add_row(row["name"], row["type"], f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}",
+                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%")
+    Console().print(table)
+    rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
+    for line in (
+        f"kernels: {result['kernels']}, BLAS threads: {result['blas_threads']}, batch {result['batch_size']}, "
+        f"{result['steps']} timed steps after {result['warmup']} warm-up",
+        f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
+        f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
+        f"peak memory (RSS): {rss}",
+    ):
+        typer.echo(line)
+
+
+def _usage(message: str):
+    from .errors import NettrainError
+
+    return NettrainError(message)
 
 
 def main() -> None:

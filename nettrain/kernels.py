@@ -1,8 +1,14 @@
-"""Pure-NumPy kernels: convolution by im2col/col2im and window pooling.
+"""Pure-NumPy kernels: convolution by im2col/col2im, window pooling, batch normalisation.
 
-These are the reference implementations. Every loop here runs over kernel
-offsets (kh x kw), never over the batch or over pixels: each offset is one
-strided slice copied (im2col) or accumulated (col2im) at once.
+These are the reference implementations; :mod:`nettrain.fast` compiles the
+same kernels with numba and is tested against them. Every loop here runs over
+kernel offsets (kh x kw) or over batch chunks, never over pixels: each offset
+is one strided slice copied (im2col) or accumulated (col2im) at once.
+
+A convolution runs over the batch in chunks of a few samples, so that the
+column matrix of a chunk stays in cache between the copy that fills it and
+the GEMM that reads it, and so that no layer keeps a full-batch column matrix
+alive: backward recomputes the columns of each chunk from the layer's input.
 
 Padding is given as four ints ``(top, bottom, left, right)`` so that Keras/TF
 ``same`` padding, which can be asymmetric, needs no special case.
@@ -10,18 +16,93 @@ Padding is given as four ints ``(top, bottom, left, right)`` so that Keras/TF
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Iterator
+
 import numpy as np
 
 Pad4 = tuple[int, int, int, int]
 
+# Bytes of column matrix per batch chunk: small enough to stay in L2/L3 between
+# im2col and the GEMMs, large enough that each GEMM call is worth its overhead.
+CHUNK_BYTES = int(os.environ.get("NETTRAIN_CHUNK_BYTES", 2 << 20))
 
-def pad_images(x: np.ndarray, pad: Pad4, value: float = 0.0) -> np.ndarray:
+
+# -- scratch buffers -------------------------------------------------------------
+_SCRATCH: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable uninitialised work array; the same ``name`` hands out the same memory.
+
+    Callers must be done with one ``scratch(name, ...)`` array before asking for
+    ``name`` again; the buffer only ever grows, so steady-state training allocates nothing.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buf = _SCRATCH.get((name, dtype))
+    if buf is None or buf.size < size:
+        buf = _SCRATCH[(name, dtype)] = np.empty(max(size, 1), dtype)
+    return buf[:size].reshape(shape)
+
+
+def release_scratch() -> None:
+    """Free every scratch buffer (they are recreated on demand)."""
+    _SCRATCH.clear()
+
+
+# -- geometry --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a 2-D window op except the batch size: input (C, H, W) to (OH, OW)."""
+
+    in_chw: tuple[int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: Pad4
+    out_hw: tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        """Rows of the column matrix: C * kh * kw."""
+        return self.in_chw[0] * self.kernel[0] * self.kernel[1]
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels per sample and channel: OH * OW."""
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        _, h, w = self.in_chw
+        top, bottom, left, right = self.pad
+        return h + top + bottom, w + left + right
+
+
+def batch_chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges over ``n`` samples, each about ``CHUNK_BYTES`` of work array."""
+    step = max(1, min(n, CHUNK_BYTES // max(bytes_per_sample, 1)))
+    for start in range(0, n, step):
+        yield start, min(start + step, n)
+
+
+# -- padding and windows ---------------------------------------------------------
+def pad_images(x: np.ndarray, pad: Pad4, value: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
     """(N, C, H, W) -> (N, C, H+top+bottom, W+left+right), filled with ``value``."""
     top, bottom, left, right = pad
     if not any(pad):
         return x
     n, c, h, w = x.shape
-    out = np.full((n, c, h + top + bottom, w + left + right), value, dtype=x.dtype)
+    if out is None:
+        out = np.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    # only the border is filled, so ``out`` may be a scratch buffer
+    out[:, :, :top] = value
+    out[:, :, top + h :] = value
+    out[:, :, top : top + h, :left] = value
+    out[:, :, top : top + h, left + w :] = value
     out[:, :, top : top + h, left : left + w] = x
     return out
 
@@ -41,79 +122,245 @@ def window(xp: np.ndarray, i: int, j: int, stride, dilation, out_hw) -> np.ndarr
     return xp[:, :, r : r + sh * (oh - 1) + 1 : sh, c : c + sw * (ow - 1) + 1 : sw]
 
 
-def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Padded input (N, C, Hp, Wp) -> columns (C, kh, kw, N, OH, OW).
+# -- convolution -----------------------------------------------------------------
+def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> columns ``out`` (C*kh*kw, n*OH*OW), rows ordered (c, i, j).
 
-    Reshaped to (C*kh*kw, N*OH*OW), the columns multiply a kernel reshaped to
-    (F, C*kh*kw) in one GEMM.
+    Column ``m * OH*OW + p`` holds the receptive field of output pixel ``p`` of
+    sample ``m``, so a kernel reshaped to (F, C*kh*kw) times ``out`` is the
+    convolution in one GEMM.
     """
-    n, c = xp.shape[:2]
-    kh, kw = kernel
-    oh, ow = out_hw
-    cols = np.empty((c, kh, kw, n, oh, ow), dtype=xp.dtype)
+    n, c = x.shape[:2]
+    kh, kw = g.kernel
+    xp = pad_images(x, g.pad, out=scratch("pad", (n, c, *g.padded_hw), x.dtype)) if any(g.pad) else x
+    cols = out.reshape(c, kh, kw, n, *g.out_hw)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = window(xp, i, j, stride, dilation, out_hw).transpose(1, 0, 2, 3)
-    return cols
+            cols[:, i, j] = window(xp, i, j, g.stride, g.dilation, g.out_hw).transpose(1, 0, 2, 3)
+    return out
 
 
-def col2im(cols: np.ndarray, padded_shape, stride, dilation) -> np.ndarray:
-    """Columns (C, kh, kw, N, OH, OW) -> padded input gradient (N, C, Hp, Wp), summing overlaps."""
-    c, kh, kw, n, oh, ow = cols.shape
-    dxp = np.zeros(padded_shape, dtype=cols.dtype)
+def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Columns (C*kh*kw, n*OH*OW) -> image gradient ``out`` (n, C, H, W), summing overlaps."""
+    n, c = out.shape[:2]
+    kh, kw = g.kernel
+    dxp = scratch("pad_grad", (n, c, *g.padded_hw), out.dtype) if any(g.pad) else out
+    dxp[...] = 0
+    cols6 = cols.reshape(c, kh, kw, n, *g.out_hw)
     for i in range(kh):
         for j in range(kw):
-            window(dxp, i, j, stride, dilation, (oh, ow))[...] += cols[:, i, j].transpose(1, 0, 2, 3)
-    return dxp
+            window(dxp, i, j, g.stride, g.dilation, g.out_hw)[...] += cols6[:, i, j].transpose(1, 0, 2, 3)
+    if dxp is not out:
+        out[...] = unpad_images(dxp, g.pad)
+    return out
 
 
-def max_pool_forward(xp: np.ndarray, pool, stride, out_hw) -> tuple[np.ndarray, np.ndarray]:
-    """Padded input (N, C, Hp, Wp) -> (max (N, C, OH, OW), argmax offset index (N, C, OH, OW)).
+def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (F, n*P): the GEMM layout of a chunk of NCHW feature maps."""
+    n, f, p = y.shape
+    out.reshape(f, n, p)[...] = y.transpose(1, 0, 2)
+    return out
 
-    Ties go to the first offset in row-major order, as in PyTorch.
+
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
+    n, f, p = out.shape
+    z3 = z.reshape(f, n, p).transpose(1, 0, 2)
+    if bias is None:
+        out[...] = z3
+    else:
+        np.add(z3, bias.reshape(1, f, 1), out=out)
+    return out
+
+
+def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops=None) -> np.ndarray:
+    """(N, C, H, W) -> (N, F, OH, OW): one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
+    ops = ops or NUMPY
+    n, f = x.shape[0], kernel.shape[0]
+    w2 = kernel.reshape(f, -1)
+    y = np.empty((n, f, g.pixels), dtype=x.dtype)
+    for n0, n1 in batch_chunks(n, g.rows * g.pixels * x.itemsize):
+        cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, (n1 - n0) * g.pixels), x.dtype))
+        z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
+        ops.samples_major(z, bias, y[n0:n1])
+    return y.reshape(n, f, *g.out_hw)
+
+
+def conv2d_backward(
+    x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx, dkernel (F, C, kh, kw), dbias (F,) or None.
+
+    Per chunk: recompute the columns, dW += dY cols^T, dcols = W^T dY, col2im.
     """
-    ph, pw = pool
-    best = window(xp, 0, 0, stride, (1, 1), out_hw).copy()
+    ops = ops or NUMPY
+    n, f = x.shape[0], kernel.shape[0]
+    w2t = kernel.reshape(f, -1).T
+    dw = np.zeros((f, g.rows), dtype=x.dtype)
+    db = np.zeros(f, dtype=x.dtype) if with_bias else None
+    part = np.empty_like(dw)
+    dx = np.empty_like(x)
+    dy3 = dy.reshape(n, f, g.pixels)
+    for n0, n1 in batch_chunks(n, g.rows * g.pixels * x.itemsize):
+        m = (n1 - n0) * g.pixels
+        cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
+        dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
+        dw += np.matmul(dz, cols.T, out=part)
+        if db is not None:
+            db += dz.sum(axis=1)
+        dcols = np.matmul(w2t, dz, out=cols)
+        ops.col2im(dcols, g, dx[n0:n1])
+    return dx, dw.reshape(kernel.shape), db
+
+
+# -- pooling ---------------------------------------------------------------------
+def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) -> (max (N, C, OH, OW), argmax offset i*pw + j (N, C, OH, OW) as int8/int32).
+
+    Padding counts as -inf, so it never wins; ties go to the first offset in
+    row-major order, as in PyTorch.
+    """
+    ph, pw = g.kernel
+    xp = pad_images(x, g.pad, -np.inf) if any(g.pad) else x
+    best = window(xp, 0, 0, g.stride, (1, 1), g.out_hw).copy()
     arg = np.zeros(best.shape, dtype=np.int8 if ph * pw < 128 else np.int32)
     for i in range(ph):
         for j in range(pw):
             if i == j == 0:
                 continue
-            cand = window(xp, i, j, stride, (1, 1), out_hw)
+            cand = window(xp, i, j, g.stride, (1, 1), g.out_hw)
             better = cand > best
             np.copyto(best, cand, where=better)
-            arg[better] = i * pw + j
+            np.copyto(arg, i * pw + j, where=better)
     return best, arg
 
 
-def max_pool_backward(dy: np.ndarray, arg: np.ndarray, padded_shape, pool, stride) -> np.ndarray:
-    """Route each output gradient to the input position that won the max."""
-    ph, pw = pool
-    dxp = np.zeros(padded_shape, dtype=dy.dtype)
-    out_hw = dy.shape[2:]
+def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """Route each output gradient to the input position that won the max: -> (N, C, H, W)."""
+    ph, pw = g.kernel
+    n, c = dy.shape[:2]
+    dxp = np.zeros((n, c, *g.padded_hw), dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            win = window(dxp, i, j, stride, (1, 1), out_hw)
-            win += np.where(arg == i * pw + j, dy, 0)
-    return dxp
+            win = window(dxp, i, j, g.stride, (1, 1), g.out_hw)
+            win += np.where(arg == i * pw + j, dy, dy.dtype.type(0))
+    return np.ascontiguousarray(unpad_images(dxp, g.pad)) if any(g.pad) else dxp
 
 
-def sum_pool_forward(xp: np.ndarray, pool, stride, out_hw) -> np.ndarray:
-    """Sum over each window: (N, C, Hp, Wp) -> (N, C, OH, OW)."""
-    ph, pw = pool
-    total = window(xp, 0, 0, stride, (1, 1), out_hw).copy()
+def avg_pool_forward(x: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
+    """Window means (N, C, H, W) -> (N, C, OH, OW); ``inv_count`` (OH, OW) is 1 / cells inside the image."""
+    ph, pw = g.kernel
+    xp = pad_images(x, g.pad) if any(g.pad) else x
+    total = window(xp, 0, 0, g.stride, (1, 1), g.out_hw).copy()
     for i in range(ph):
         for j in range(pw):
             if i or j:
-                total += window(xp, i, j, stride, (1, 1), out_hw)
+                total += window(xp, i, j, g.stride, (1, 1), g.out_hw)
+    total *= inv_count
     return total
 
 
-def sum_pool_backward(dy: np.ndarray, padded_shape, pool, stride) -> np.ndarray:
-    """Spread each output gradient over its window."""
-    ph, pw = pool
-    dxp = np.zeros(padded_shape, dtype=dy.dtype)
+def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
+    """Spread each output gradient evenly over the cells its window covered: -> (N, C, H, W)."""
+    ph, pw = g.kernel
+    n, c = dy.shape[:2]
+    share = dy * inv_count
+    dxp = np.zeros((n, c, *g.padded_hw), dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            window(dxp, i, j, stride, (1, 1), dy.shape[2:])[...] += dy
-    return dxp
+            window(dxp, i, j, g.stride, (1, 1), g.out_hw)[...] += share
+    return np.ascontiguousarray(unpad_images(dxp, g.pad)) if any(g.pad) else dxp
+
+
+def window_counts(g: ConvGeometry) -> np.ndarray:
+    """(OH, OW): how many cells of each pooling window lie inside the (unpadded) image."""
+    _, h, w = g.in_chw
+    ones = pad_images(np.ones((1, 1, h, w)), g.pad)
+    total = np.zeros((1, 1, *g.out_hw))
+    for i in range(g.kernel[0]):
+        for j in range(g.kernel[1]):
+            total += window(ones, i, j, g.stride, (1, 1), g.out_hw)
+    return total[0, 0]
+
+
+# -- batch normalisation ---------------------------------------------------------
+# Arrays arrive as (M, F, P): M samples, F features, P positions sharing a
+# feature's statistics (P = H*W for images, 1 for vectors; a (N, T, F) sequence
+# is (N*T, F, 1)). Statistics reduce over axes 0 and 2.
+
+
+def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, F, P) -> per-feature mean and biased variance (F,), in x's dtype."""
+    m = x3.shape[0] * x3.shape[2]
+    mean = np.einsum("mfp->f", x3) / x3.dtype.type(m)
+    xc = x3 - mean.reshape(1, -1, 1)
+    var = np.einsum("mfp,mfp->f", xc, xc) / x3.dtype.type(m)
+    return mean, var
+
+
+def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """y = x * scale + shift per feature: (M, F, P) -> (M, F, P)."""
+    y = x3 * scale.reshape(1, -1, 1)
+    y += shift.reshape(1, -1, 1)
+    return y
+
+
+def batchnorm_backward(
+    x3: np.ndarray, dy3: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training-mode gradients: -> dx (M, F, P), dgamma (F,), dbeta (F,).
+
+    Closed form with xhat = (x - mean) * inv_std:
+    dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+    m = x3.dtype.type(x3.shape[0] * x3.shape[2])
+    xc = x3 - mean.reshape(1, -1, 1)
+    dbeta = np.einsum("mfp->f", dy3)
+    dy_xc = np.einsum("mfp,mfp->f", dy3, xc)
+    dgamma = dy_xc * inv_std
+    a = gamma * inv_std
+    b = -a * inv_std * inv_std * dy_xc / m
+    c = -a * dbeta / m
+    dx = dy3 * a.reshape(1, -1, 1)
+    xc *= b.reshape(1, -1, 1)
+    dx += xc
+    dx += c.reshape(1, -1, 1)
+    return dx, dgamma, dbeta
+
+
+# -- activations -----------------------------------------------------------------
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, dtype=x.dtype)
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dy where the output was positive, else 0."""
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+NUMPY = SimpleNamespace(
+    name="numpy",
+    im2col=im2col,
+    col2im=col2im,
+    channels_major=channels_major,
+    samples_major=samples_major,
+    max_pool_forward=max_pool_forward,
+    max_pool_backward=max_pool_backward,
+    avg_pool_forward=avg_pool_forward,
+    avg_pool_backward=avg_pool_backward,
+    batchnorm_stats=batchnorm_stats,
+    batchnorm_affine=batchnorm_affine,
+    batchnorm_backward=batchnorm_backward,
+    relu_forward=relu_forward,
+    relu_backward=relu_backward,
+)
+"""The reference kernels as one namespace; :data:`nettrain.fast.NUMBA` has the same names."""
+
+
+def backend(dtype=np.float32):
+    """The kernels to run for arrays of ``dtype``: the compiled ones when active (float32 only)."""
+    from . import fast
+
+    if np.dtype(dtype) == np.float32 and fast.enabled():
+        return fast.NUMBA
+    return NUMPY

@@ -12,6 +12,7 @@ from typing import Callable, Literal
 import numpy as np
 from pydantic import NonNegativeFloat, PositiveFloat
 
+from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
@@ -19,14 +20,16 @@ from .base import Layer, LayerSpec, register
 class Activation:
     forward: Callable[[np.ndarray], np.ndarray]
     backward: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    # False when backward reads only y: a layer then need not keep its input alive
+    needs_input: bool = True
 
 
 def relu_forward(x):
-    return np.maximum(x, 0, dtype=x.dtype)
+    return kernels.backend(x.dtype).relu_forward(x)
 
 
 def relu_backward(dy, x, y):
-    return dy * (y > 0)
+    return kernels.backend(dy.dtype).relu_backward(dy, y)
 
 
 def sigmoid(x):
@@ -74,11 +77,11 @@ def elu(alpha: float) -> Activation:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda x: x, lambda dy, x, y: dy),
-    "relu": Activation(relu_forward, relu_backward),
-    "tanh": Activation(np.tanh, tanh_backward),
-    "sigmoid": Activation(sigmoid, sigmoid_backward),
-    "softmax": Activation(softmax, softmax_backward),
+    "linear": Activation(lambda x: x, lambda dy, x, y: dy, needs_input=False),
+    "relu": Activation(relu_forward, relu_backward, needs_input=False),
+    "tanh": Activation(np.tanh, tanh_backward, needs_input=False),
+    "sigmoid": Activation(sigmoid, sigmoid_backward, needs_input=False),
+    "softmax": Activation(softmax, softmax_backward, needs_input=False),
     "leaky_relu": leaky_relu(0.3),
     "elu": elu(1.0),
 }
@@ -98,7 +101,7 @@ class ActivationLayer(Layer):
 
     def forward(self, x, training=False):
         y = self._fn.forward(x)
-        self._x, self._y = x, y
+        self._x, self._y = (x if self._fn.needs_input else None), y
         return y
 
     def backward(self, dy):

@@ -92,6 +92,7 @@ class Conv2D(Layer):
         effective = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
         self.pad = resolve_padding(s.padding, (h, w), effective, self.stride)
         self.out_hw = window_output_size(self, (h, w), effective, self.stride, self.pad)
+        self.geometry = kernels.ConvGeometry((c, h, w), self.kernel, self.stride, self.dilation, self.pad, self.out_hw)
         kh, kw = self.kernel
         fan_in, fan_out = c * kh * kw, s.filters * kh * kw
         init = s.kernel_initializer or ("he_normal" if s.activation in ("relu", "leaky_relu", "elu", None) else "glorot_uniform")
@@ -108,32 +109,26 @@ class Conv2D(Layer):
         return int(np.prod(self.out_shape)) * c * self.kernel[0] * self.kernel[1]
 
     def forward(self, x, training=False):
-        n = x.shape[0]
-        f = self.spec.filters
-        xp = kernels.pad_images(x, self.pad)
-        cols = kernels.im2col(xp, self.kernel, self.stride, self.dilation, self.out_hw)
-        self._cols, self._padded_shape = cols, xp.shape
-        w2 = self.params["kernel"].reshape(f, -1)
-        z = (w2 @ cols.reshape(w2.shape[1], -1)).reshape(f, n, *self.out_hw).transpose(1, 0, 2, 3)
-        if "bias" in self.params:
-            z = z + self.params["bias"].reshape(1, f, 1, 1)
-        else:
-            z = np.ascontiguousarray(z)
+        x = np.ascontiguousarray(x)
+        ops = kernels.backend(x.dtype)
+        z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), self.geometry, ops)
+        # backward recomputes the columns from x chunk by chunk instead of keeping them
+        self._x = x
         if self.act is None:
             return z
         y = self.act.forward(z)
-        self._z, self._y = z, y
+        self._z, self._y = (z if self.act.needs_input else None), y
         return y
 
     def backward(self, dy):
         if self.act is not None:
             dy = self.act.backward(dy, self._z, self._y)
-        f = self.spec.filters
-        dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1)
-        cols2 = self._cols.reshape(-1, dy2.shape[1])
-        self.grads["kernel"][...] = (dy2 @ cols2.T).reshape(self.params["kernel"].shape)
-        if "bias" in self.params:
-            self.grads["bias"][...] = dy2.sum(axis=1)
-        dcols = (self.params["kernel"].reshape(f, -1).T @ dy2).reshape(self._cols.shape)
-        dxp = kernels.col2im(dcols, self._padded_shape, self.stride, self.dilation)
-        return kernels.unpad_images(dxp, self.pad)
+        dy = np.ascontiguousarray(dy)
+        ops = kernels.backend(dy.dtype)
+        dx, dkernel, dbias = kernels.conv2d_backward(
+            self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops
+        )
+        self.grads["kernel"][...] = dkernel
+        if dbias is not None:
+            self.grads["bias"][...] = dbias
+        return dx

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveFloat
 
+from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
@@ -28,10 +29,8 @@ class BatchNorm(Layer):
 
     def build(self, in_shape, rng):
         self.in_shape = tuple(in_shape)
-        # feature axis: channels (axis 1) for images, the last axis otherwise
-        self.axes = (0, 2, 3) if len(in_shape) == 3 else tuple(range(len(in_shape)))
+        # features: channels (axis 1) for images, the last axis otherwise
         features = in_shape[0] if len(in_shape) == 3 else in_shape[-1]
-        self.bshape = (1, features, 1, 1) if len(in_shape) == 3 else (features,)
         if self.spec.scale:
             self.params["gamma"] = np.ones(features, np.float32)
         if self.spec.center:
@@ -42,45 +41,48 @@ class BatchNorm(Layer):
         self.out_shape = self.in_shape
         return self.out_shape
 
-    def _affine(self, xhat):
-        if "gamma" in self.params:
-            xhat = xhat * self.params["gamma"].reshape(self.bshape)
-        if "beta" in self.params:
-            xhat = xhat + self.params["beta"].reshape(self.bshape)
-        return xhat
+    def as_mfp(self, x: np.ndarray) -> np.ndarray:
+        """View x as (M, F, P): statistics are shared along M and P (see nettrain.kernels)."""
+        if len(self.in_shape) == 3:
+            return x.reshape(x.shape[0], x.shape[1], -1)
+        return x.reshape(-1, x.shape[-1], 1)
 
     def forward(self, x, training=False):
-        eps = x.dtype.type(self.spec.epsilon)
+        x3 = np.ascontiguousarray(self.as_mfp(x))
+        ops = kernels.backend(x.dtype)
         if training:
-            mean = x.mean(axis=self.axes)
-            xc = x - mean.reshape(self.bshape)
-            var = np.mean(xc * xc, axis=self.axes)
-            m = x.size // mean.size
-            mom = self.spec.momentum
-            self.state["running_mean"] *= mom
-            self.state["running_mean"] += (1 - mom) * mean
-            self.state["running_var"] *= mom
-            self.state["running_var"] += (1 - mom) * var * (m / max(m - 1, 1))
+            mean, var = ops.batchnorm_stats(x3)
+            self.update_running_stats(mean, var, x3.shape[0] * x3.shape[2])
         else:
             mean, var = self.state["running_mean"].astype(x.dtype), self.state["running_var"].astype(x.dtype)
-            xc = x - mean.reshape(self.bshape)
-        inv_std = 1 / np.sqrt(var + eps)
-        xhat = xc * inv_std.reshape(self.bshape)
-        self._xhat, self._inv_std, self._training = xhat, inv_std, training
-        return self._affine(xhat)
+        inv_std = 1 / np.sqrt(var + x.dtype.type(self.spec.epsilon))
+        gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
+        scale = gamma * inv_std
+        shift = -mean * scale
+        if "beta" in self.params:
+            shift += self.params["beta"]
+        self._x3, self._mean, self._inv_std, self._training = x3, mean, inv_std, training
+        return ops.batchnorm_affine(x3, scale, shift).reshape(x.shape)
+
+    def update_running_stats(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
+        mom = self.spec.momentum
+        for key, batch in (("running_mean", mean), ("running_var", var * (count / max(count - 1, 1)))):
+            running = self.state[key]
+            running *= running.dtype.type(mom)
+            running += running.dtype.type(1 - mom) * batch
 
     def backward(self, dy):
-        xhat, inv_std = self._xhat, self._inv_std
+        x3, mean, inv_std = self._x3, self._mean, self._inv_std
+        dy3 = np.ascontiguousarray(self.as_mfp(dy))
+        gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
+        if self._training:
+            dx3, dgamma, dbeta = kernels.backend(dy.dtype).batchnorm_backward(x3, dy3, mean, inv_std, gamma)
+        else:  # running statistics are constants
+            dbeta = np.einsum("mfp->f", dy3)
+            dgamma = (np.einsum("mfp,mfp->f", dy3, x3) - mean * dbeta) * inv_std
+            dx3 = dy3 * (gamma * inv_std).reshape(1, -1, 1)
         if "beta" in self.params:
-            self.grads["beta"][...] = dy.sum(axis=self.axes)
+            self.grads["beta"][...] = dbeta
         if "gamma" in self.params:
-            self.grads["gamma"][...] = (dy * xhat).sum(axis=self.axes)
-            dxhat = dy * self.params["gamma"].reshape(self.bshape)
-        else:
-            dxhat = dy
-        if not self._training:  # running statistics are constants
-            return dxhat * inv_std.reshape(self.bshape)
-        # closed form: dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        mean_dxhat = dxhat.mean(axis=self.axes).reshape(self.bshape)
-        mean_dxhat_xhat = (dxhat * xhat).mean(axis=self.axes).reshape(self.bshape)
-        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std.reshape(self.bshape)
+            self.grads["gamma"][...] = dgamma
+        return dx3.reshape(dy.shape)

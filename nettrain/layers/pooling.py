@@ -14,8 +14,6 @@ from .conv import IntPair, Padding, as_pair, resolve_padding, window_output_size
 class Pool2D(Layer):
     """Shared window arithmetic; strides default to the pool size (Keras)."""
 
-    pad_value = 0.0
-
     def build(self, in_shape, rng):
         self.in_shape = tuple(in_shape)
         self.require_rank(in_shape, (3,), "an image (height x width x channels)")
@@ -24,6 +22,7 @@ class Pool2D(Layer):
         self.stride = as_pair(s.strides if s.strides is not None else s.pool_size)
         self.pad = resolve_padding(s.padding, in_shape[1:], self.pool, self.stride)
         self.out_hw = window_output_size(self, in_shape[1:], self.pool, self.stride, self.pad, what="pool")
+        self.geometry = kernels.ConvGeometry(tuple(in_shape), self.pool, self.stride, (1, 1), self.pad, self.out_hw)
         self.out_shape = (in_shape[0], *self.out_hw)
         return self.out_shape
 
@@ -39,14 +38,11 @@ class MaxPool2D(Pool2D):
         padding: Padding = "valid"
 
     def forward(self, x, training=False):
-        xp = kernels.pad_images(x, self.pad, -np.inf)
-        y, self._arg = kernels.max_pool_forward(xp, self.pool, self.stride, self.out_hw)
-        self._padded_shape = xp.shape
+        y, self._arg = kernels.backend(x.dtype).max_pool_forward(x, self.geometry)
         return y
 
     def backward(self, dy):
-        dxp = kernels.max_pool_backward(dy, self._arg, self._padded_shape, self.pool, self.stride)
-        return kernels.unpad_images(dxp, self.pad)
+        return kernels.backend(dy.dtype).max_pool_backward(dy, self._arg, self.geometry)
 
 
 @register
@@ -61,18 +57,22 @@ class AvgPool2D(Pool2D):
 
     def build(self, in_shape, rng):
         out = super().build(in_shape, rng)
-        ones = kernels.pad_images(np.ones((1, 1, *in_shape[1:]), np.float32), self.pad)
-        self._count = kernels.sum_pool_forward(ones, self.pool, self.stride, self.out_hw)
+        self._inv_count = {}
+        self._count = kernels.window_counts(self.geometry)
         return out
 
+    def inv_count(self, dtype) -> np.ndarray:
+        """1 / (cells of each window inside the image), (OH, OW), in ``dtype``."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._inv_count:
+            self._inv_count[dtype] = (1.0 / self._count).astype(dtype)
+        return self._inv_count[dtype]
+
     def forward(self, x, training=False):
-        xp = kernels.pad_images(x, self.pad)
-        self._padded_shape = xp.shape
-        return kernels.sum_pool_forward(xp, self.pool, self.stride, self.out_hw) / self._count.astype(x.dtype)
+        return kernels.backend(x.dtype).avg_pool_forward(x, self.geometry, self.inv_count(x.dtype))
 
     def backward(self, dy):
-        dxp = kernels.sum_pool_backward(dy / self._count.astype(dy.dtype), self._padded_shape, self.pool, self.stride)
-        return kernels.unpad_images(dxp, self.pad)
+        return kernels.backend(dy.dtype).avg_pool_backward(dy, self.geometry, self.inv_count(dy.dtype))
 
 
 @register

@@ -1,0 +1,220 @@
+"""Training and inference throughput of a config's model on random data (``nettrain bench``).
+
+:func:`benchmark` builds the model of a config, feeds it random batches of the
+config's input shape and measures
+
+* the training step (forward, loss, backward, gradient clipping if configured,
+  optimizer update from the config), in images per second;
+* the forward pass in evaluation mode, in images per second;
+* each layer's own forward and backward time (a residual block's row holds
+  only its add, shortcut and activation; its body layers have rows of their own);
+* the process's peak resident memory and which kernels ran (numba or NumPy).
+
+Throughputs are medians over the timed steps, which a busy machine disturbs
+less than means. The per-layer timings come from separate instrumented steps,
+so the wrappers that take them never slow the throughput figures.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import fast
+from .errors import NettrainError
+from .losses import build_loss
+from .model import Model
+from .optimizers import build_optimizer, clip_grad_norm
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return peak / (1024 * 1024) if os.uname().sysname == "Darwin" else peak / 1024
+
+
+def blas_threads() -> int:
+    """Threads the BLAS may use: threadpoolctl's answer when installed, else the environment, else the CPUs."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        if counts:
+            return max(counts)
+    except ImportError:
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+def random_batch(model: Model, loss_type: str, batch_size: int, rng: np.random.Generator):
+    """Inputs (N, *input_shape) float32 and targets that ``loss_type`` accepts for the model's output."""
+    x = rng.standard_normal((batch_size, *model.input_shape), dtype=np.float32)
+    out = model.output_shape
+    if loss_type == "softmax_cross_entropy":
+        y = rng.integers(0, out[-1], size=(batch_size, *out[:-1]))
+    elif loss_type == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=(batch_size, *out)).astype(np.float32)
+    else:
+        y = rng.standard_normal((batch_size, *out), dtype=np.float32)
+    return x, y
+
+
+class TrainStep:
+    """One optimizer step as training does it: forward, loss, backward, clipping, update."""
+
+    def __init__(self, model: Model, train_spec):
+        self.model = model
+        self.loss = build_loss(train_spec.loss)
+        self.params = model.parameters()
+        self.grads = model.gradients()
+        self.optimizer = build_optimizer(train_spec.optimizer, self.params)
+        self.clip = train_spec.clip_grad_norm
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> float:
+        loss = self.loss.forward(self.model.forward(x, training=True), y)
+        self.model.backward(self.loss.backward())
+        if self.clip:
+            clip_grad_norm(self.grads, self.clip)
+        self.optimizer.step(self.params, self.grads)
+        return loss
+
+
+def _timed(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class LayerTimer:
+    """Wraps every layer's forward and backward with a clock; ``own`` times exclude nested layers."""
+
+    def __init__(self, model: Model):
+        self.layers = list(model.named_layers())
+        self.total = {(path, phase): 0.0 for path, _ in self.layers for phase in ("forward", "backward")}
+        self.stack: list[list[float]] = []
+
+    def _wrap(self, path: str, phase: str, fn):
+        def timed(*args, **kwargs):
+            self.stack.append([0.0])
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                nested = self.stack.pop()[0]
+                self.total[(path, phase)] += elapsed - nested
+                if self.stack:
+                    self.stack[-1][0] += elapsed
+
+        return timed
+
+    @contextmanager
+    def installed(self) -> Iterator["LayerTimer"]:
+        for path, layer in self.layers:
+            layer.forward = self._wrap(path, "forward", layer.forward)
+            layer.backward = self._wrap(path, "backward", layer.backward)
+        try:
+            yield self
+        finally:
+            for _, layer in self.layers:
+                del layer.forward, layer.backward  # the class methods show through again
+
+    def rows(self, steps: int) -> list[dict[str, Any]]:
+        """Per layer: own forward/backward milliseconds per step and share of the total, costliest first."""
+        total = sum(self.total.values()) or 1.0
+        rows = []
+        for path, layer in self.layers:
+            fwd, bwd = self.total[(path, "forward")], self.total[(path, "backward")]
+            rows.append({
+                "name": path,
+                "type": getattr(layer, "type_name", type(layer).__name__),
+                "forward_ms": 1e3 * fwd / steps,
+                "backward_ms": 1e3 * bwd / steps,
+                "total_ms": 1e3 * (fwd + bwd) / steps,
+                "share": (fwd + bwd) / total,
+            })
+        return sorted(rows, key=lambda r: -r["total_ms"])
+
+
+@contextmanager
+def kernel_path(use_fast: bool | None) -> Iterator[str]:
+    """Run the block with the compiled kernels on (True), off (False) or as configured (None)."""
+    if use_fast is None:
+        yield fast.kernel_path()
+        return
+    if use_fast and not fast.AVAILABLE:
+        raise NettrainError("--fast needs numba; install it with: pip install 'nettrain[fast]'")
+    previous = fast.set_enabled(use_fast)
+    try:
+        yield fast.kernel_path()
+    finally:
+        fast.set_enabled(previous)
+
+
+def benchmark(
+    config,
+    batch_size: int = 128,
+    steps: int = 10,
+    warmup: int = 2,
+    use_fast: bool | None = None,
+    layer_steps: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure a config's model (see the module doc); returns a JSON-ready dict.
+
+    Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
+    numpy), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
+    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb`` and ``layers`` (rows of
+    :meth:`LayerTimer.rows`).
+    """
+    from .builder import build_model
+
+    if batch_size < 1 or steps < 1 or warmup < 0:
+        raise NettrainError(f"batch size and steps must be at least 1 and warmup at least 0 "
+                            f"(got {batch_size}, {steps}, {warmup})")
+    model = build_model(config, seed=seed)
+    rng = np.random.default_rng(seed)
+    x, y = random_batch(model, config.train.loss.type, batch_size, rng)
+    step = TrainStep(model, config.train)
+    with kernel_path(use_fast) as path:
+        train_times = _timed(lambda: step(x, y), warmup + steps)[warmup:]
+        forward = lambda: model.forward(x, training=False)  # noqa: E731
+        forward_times = _timed(forward, warmup + steps)[warmup:]
+        layer_steps = layer_steps or min(steps, 5)
+        timer = LayerTimer(model)
+        with timer.installed():
+            _timed(lambda: step(x, y), layer_steps)
+    train_s, forward_s = statistics.median(train_times), statistics.median(forward_times)
+    return {
+        "config": config.run_name,
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "kernels": path,
+        "blas_threads": blas_threads(),
+        "params": model.param_count(),
+        "train_img_per_s": batch_size / train_s,
+        "train_step_ms": 1e3 * train_s,
+        "forward_img_per_s": batch_size / forward_s,
+        "forward_ms": 1e3 * forward_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "layers": timer.rows(layer_steps),
+    }
+

@@ -1,0 +1,294 @@
+"""Evaluation and prediction from a checkpoint alone.
+
+A checkpoint carries the resolved config it was trained with, so
+:func:`load_trained` rebuilds the exact model from it (the ``data`` section can be
+overridden, e.g. to point at another copy of the data set) and loads the weights.
+:func:`evaluate` reports loss, accuracy, top-5 accuracy (more than 5 classes),
+per-class precision/recall/F1 and the confusion matrix; :func:`predict` classifies
+images (needs Pillow) or the arrays of an ``.npz`` file, normalized with the
+training set's statistics stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .checkpoint import Checkpoint, load_checkpoint, restore_model
+from .data import Split, load_data, normalize_channels, read_npz
+from .errors import CheckpointError, DataError
+from .losses import build_loss, softmax_probs, topk_accuracy
+
+
+@dataclass
+class Trained:
+    """A model rebuilt from a checkpoint, with the config and checkpoint it came from."""
+
+    model: Any
+    config: Any
+    checkpoint: Checkpoint
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint.classes
+
+    @property
+    def config_dir(self) -> Path | None:
+        source = self.checkpoint.config_path
+        return Path(source).parent if source else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``checkpoints/best.npz`` (else ``last.npz``)."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in ("best.npz", "last.npz"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise CheckpointError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz in this folder")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def config_from_text(text: str, source: str, overrides: Sequence[str] = ()):
+    """Validate config text (as stored in a checkpoint) with the config loader; ``source`` names it in errors."""
+    from .config import parse_config
+
+    return parse_config(text, source, tuple(overrides))
+
+
+def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> Trained:
+    """Rebuild the model a checkpoint (or run folder) was trained as, with its weights loaded."""
+    from .builder import build_model
+
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    config = config_from_text(ckpt.config_text, f"{path} (stored config)", overrides)
+    model = build_model(config, seed=int(config.train.seed))
+    model.cast(np.float32)
+    restore_model(ckpt, model)
+    return Trained(model, config, ckpt, path)
+
+
+def load_split(trained: Trained, split: str = "test") -> Split:
+    """The ``split`` of the data set named by the checkpoint's (possibly overridden) config."""
+    config = trained.config
+    if config.data is None:
+        raise DataError(f"{trained.path}: the stored config has no data section; "
+                        "name one with --set data.dataset=... (and data.path=...)")
+    bundle = load_data(config.data, trained.model.input_shape, int(config.train.seed), trained.config_dir)
+    chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
+    if chosen is None:
+        other = "val" if split == "test" and bundle.val is not None else "train"
+        raise DataError(f"{config.data.path or config.data.dataset}: the data set has no {split} split; "
+                        f"use --split {other}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- metrics
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``C[i, j]`` of samples of class ``i`` predicted as ``j``: (K, K) int64."""
+    flat = y_true.astype(np.int64) * num_classes + y_pred.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return [{"class": str(name), "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, actual)]
+
+
+def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256) -> dict[str, Any]:
+    """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``."""
+    loss_fn = build_loss(loss_spec)
+    n = len(split)
+    if n == 0:
+        raise DataError("the split to evaluate is empty")
+    k = max(len(classes), int(model.output_shape[-1]))
+    loss_sum, top5_sum, preds, labels = 0.0, 0.0, [], []
+    for start in range(0, n, batch_size):
+        xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        logits = model.forward(xb, training=False)
+        loss_sum += loss_fn.forward(logits, yb) * len(yb)
+        flat = logits.reshape(-1, logits.shape[-1])
+        if k > 5:
+            top5_sum += topk_accuracy(flat, yb.reshape(-1), 5) * len(yb)
+        preds.append(flat.argmax(axis=-1))
+        labels.append(yb.reshape(-1))
+    y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
+    names = list(classes) + [str(i) for i in range(len(classes), k)]
+    cm = confusion_matrix(y_true, y_pred, k)
+    report: dict[str, Any] = {
+        "samples": int(n),
+        "loss": loss_sum / n,
+        "accuracy": float(np.mean(y_pred == y_true)),
+    }
+    if k > 5:
+        report["top5_accuracy"] = top5_sum / n
+    report["classes"] = names
+    report["per_class"] = per_class_scores(cm, names)
+    report["confusion_matrix"] = cm.tolist()
+    return report
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """:func:`evaluate` on a checkpoint's data set; the report also names the checkpoint and split."""
+    trained = load_trained(path, overrides)
+    data = load_split(trained, split)
+    batch_size = int(getattr(trained.config.train, "eval_batch_size", None) or trained.config.train.batch_size)
+    report = evaluate(trained.model, data, trained.classes, trained.config.train.loss, batch_size)
+    return {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch, **report}
+
+
+def plot_confusion(report: dict[str, Any], path: str | Path) -> Path | None:
+    """The confusion matrix as a PNG heat map; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cm = np.asarray(report["confusion_matrix"])
+    names = report["classes"]
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report.get('split', '')} accuracy {report['accuracy']:.4f}")
+    top = cm.max() if cm.size else 0
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write the confusion matrix plot ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- prediction
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _image_geometry(input_shape: tuple[int, ...]) -> tuple[int, int | None, int | None]:
+    """(channels, height, width) an image must have for a model input; sequences read as 1-channel HxW."""
+    if len(input_shape) == 3:
+        return input_shape[0], input_shape[1], input_shape[2]
+    if len(input_shape) == 2:
+        return 1, input_shape[0], input_shape[1]
+    return 1, None, None
+
+
+def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """One image file as uint8 ``(C, H, W)``, converted and resized to fit ``input_shape``."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("predicting on images needs Pillow: pip install 'nettrain[images]'") from None
+    channels, h, w = _image_geometry(input_shape)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if h is not None and im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            array = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as e:  # Pillow raises many types for a file that is not an image
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def read_npz_inputs(path: Path) -> np.ndarray:
+    """The inputs of an ``.npz`` batch: array ``x`` (else ``x_test``, else the only array)."""
+    arrays = read_npz(path)
+    for key in ("x", "x_test", "images"):
+        if key in arrays:
+            x = arrays[key]
+            break
+    else:
+        if len(arrays) != 1:
+            raise DataError(f"{path}: name the inputs 'x' (found arrays {sorted(arrays)})")
+        key, x = next(iter(arrays.items()))
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{path}: {key!r} must be numeric, got dtype {x.dtype}")
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) as written by most tools
+    elif x.ndim == 3:
+        x = x[:, None]
+    return x
+
+
+def prepare_inputs(x: np.ndarray, input_shape: tuple[int, ...], normalize: str,
+                   mean: np.ndarray | None, std: np.ndarray | None, source: str) -> np.ndarray:
+    """Raw samples -> model inputs, exactly as training data was prepared: scale, normalize, reshape."""
+    out = x.astype(np.float32)
+    if x.dtype == np.uint8 and normalize != "none":
+        out *= np.float32(1.0 / 255.0)
+    if mean is not None and std is not None:
+        if out.ndim == 4 and out.shape[1] != len(mean):
+            raise DataError(f"{source}: inputs have {out.shape[1]} channels, the model was trained on {len(mean)}")
+        out = normalize_channels(out, mean, std)
+    sample = out.shape[1:]
+    if sample != tuple(input_shape):
+        if int(np.prod(sample)) != int(np.prod(input_shape)):
+            raise DataError(f"{source}: samples of shape {sample} do not fit the model's input {tuple(input_shape)}")
+        out = out.reshape(len(out), *input_shape)
+    return np.ascontiguousarray(out)
+
+
+def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list[dict[str, Any]]:
+    """Class predictions for image files and ``.npz`` batches: one dict per sample."""
+    model = trained.model
+    normalize = getattr(trained.config.data, "normalize", "per_channel")
+    ckpt = trained.checkpoint
+    names = list(trained.classes) or [str(i) for i in range(model.output_shape[-1])]
+    results = []
+    for f in files:
+        path = Path(f)
+        if path.suffix.lower() == ".npz":
+            raw, labels = read_npz_inputs(path), None
+            ids = [f"{path}[{i}]" for i in range(len(raw))]
+        elif path.suffix.lower() in IMAGE_SUFFIXES or path.is_file():
+            raw, ids = read_image(path, model.input_shape)[None], [str(path)]
+        else:
+            raise DataError(f"{path}: file not found")
+        x = prepare_inputs(raw, model.input_shape, normalize, ckpt.mean, ckpt.std, str(path))
+        for start in range(0, len(x), 256):
+            logits = model.forward(x[start:start + 256], training=False)
+            probs = softmax_probs(logits.reshape(len(logits), -1).astype(np.float64))
+            for sample_id, p in zip(ids[start:start + 256], probs):
+                order = np.argsort(-p, kind="stable")[:top]
+                results.append({
+                    "input": sample_id,
+                    "label": int(order[0]),
+                    "class": names[order[0]] if order[0] < len(names) else str(order[0]),
+                    "probability": float(p[order[0]]),
+                    "top": [{"class": names[i] if i < len(names) else str(i), "probability": float(p[i])}
+                            for i in order],
+                })
+    return results

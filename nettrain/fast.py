@@ -1,0 +1,489 @@
+"""Compiled kernels (numba), behind the same interface as :mod:`nettrain.kernels`.
+
+numba is optional (the ``fast`` extra). Without it this module still imports,
+:func:`enabled` is False and every layer runs the NumPy reference kernels.
+With it, the compiled kernels run for float32 arrays unless the environment
+sets ``NETTRAIN_FAST=0`` or a program calls ``set_enabled(False)``; float64
+(gradient checks) always runs the reference kernels.
+
+The kernels move data; GEMMs stay in NumPy's BLAS. Compilation is cached on
+disk (``cache=True``), so only the first run on a machine pays for it.
+Indices are built from loop counters that start at 0, so that LLVM can see
+they are non-negative, drop numba's negative-index wraparound and vectorise.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import kernels
+from .kernels import ConvGeometry
+
+try:
+    import numba
+    from numba import njit
+except ImportError:  # the reference kernels run instead
+    numba = None
+
+AVAILABLE = numba is not None
+_state = {"enabled": AVAILABLE and os.environ.get("NETTRAIN_FAST", "1").strip() not in ("0", "false", "no", "off")}
+
+
+def enabled() -> bool:
+    """Whether layers run the compiled kernels (for float32 arrays)."""
+    return _state["enabled"]
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch the compiled kernels on or off; returns the previous setting.
+
+    Raises RuntimeError when asked to switch on without numba installed.
+    """
+    if flag and not AVAILABLE:
+        raise RuntimeError("the fast kernels need numba: pip install 'nettrain[fast]'")
+    previous = _state["enabled"]
+    _state["enabled"] = bool(flag)
+    return previous
+
+
+def kernel_path() -> str:
+    """``"numba"`` or ``"numpy"``: which kernels float32 layers run now."""
+    return "numba" if enabled() else "numpy"
+
+
+def _jit(fn=None, **options):
+    """``numba.njit(cache=True)`` when numba is installed; otherwise the plain function."""
+    if fn is None:
+        return lambda f: _jit(f, **options)
+    if numba is None:
+        return fn
+    return njit(cache=True, **options)(fn)
+
+
+_FAST_SUMS = {"reassoc", "contract"}  # let reductions vectorise; NaN and inf still propagate
+
+
+# -- convolution -----------------------------------------------------------------
+@_jit(inline="always")
+def _valid_range(out: int, k: int, stride: int, dilation: int, pad_before: int, size: int):
+    """Output positions [lo, hi) of offset ``k`` whose input o*stride + k*dilation - pad is in [0, size)."""
+    off = k * dilation - pad_before
+    lo = 0 if off >= 0 else (-off + stride - 1) // stride
+    hi = (size - 1 - off) // stride + 1 if size - 1 - off >= 0 else 0
+    hi = min(hi, out)
+    lo = min(lo, hi)
+    return lo, hi
+
+
+@_jit
+def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
+    n, c_in, h, w = x.shape
+    p = oh * ow
+    m = n * p
+    xf = x.reshape(-1)
+    cf = cols.reshape(-1)
+    # with stride 1 and as many output as input columns, consecutive rows are
+    # adjacent in both arrays: one long copy, then zero the wrapped edge cells
+    runs = sh == 1 and sw == 1 and ow == w
+    for c in range(c_in):
+        for i in range(kh):
+            alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+                for s in range(n):
+                    ob = r * m + s * p
+                    cf[ob : ob + alo * ow] = 0
+                    cf[ob + ahi * ow : ob + p] = 0
+                    if alo >= ahi:
+                        continue
+                    qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+                    if runs:
+                        o0 = ob + alo * ow + blo
+                        length = (ahi - alo - 1) * ow + bhi - blo
+                        dst = cf[o0 : o0 + length]
+                        src = xf[qb : qb + length]
+                        for e in range(length):
+                            dst[e] = src[e]
+                        for a in range(alo, ahi):
+                            row = cf[ob + a * ow : ob + (a + 1) * ow]
+                            row[:blo] = 0
+                            row[bhi:] = 0
+                        continue
+                    for a in range(alo, ahi):
+                        row = cf[ob + a * ow : ob + (a + 1) * ow]
+                        row[:blo] = 0
+                        row[bhi:] = 0
+                        dst = row[blo:bhi]
+                        q = qb + (a - alo) * sh * w
+                        if sw == 1:
+                            src = xf[q : q + bhi - blo]
+                        else:
+                            src = xf[q : q + sw * (bhi - blo - 1) + 1 : sw]
+                        for e in range(bhi - blo):
+                            dst[e] = src[e]
+
+
+@_jit
+def _col2im(cols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
+    n, c_in, h, w = dx.shape
+    p = oh * ow
+    m = n * p
+    df = dx.reshape(-1)
+    cf = cols.reshape(-1)
+    runs = sh == 1 and sw == 1 and ow == w
+    df[:] = 0
+    # sample-major, so one image's gradient stays in cache while all its rows add in
+    for s in range(n):
+        for c in range(c_in):
+            for i in range(kh):
+                alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+                if alo >= ahi:
+                    continue
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+                    ob = r * m + s * p
+                    qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+                    if runs:
+                        # cells that read padding must add nothing: zero them in the (scratch) columns
+                        for a in range(alo, ahi):
+                            row = cf[ob + a * ow : ob + (a + 1) * ow]
+                            row[:blo] = 0
+                            row[bhi:] = 0
+                        o0 = ob + alo * ow + blo
+                        length = (ahi - alo - 1) * ow + bhi - blo
+                        dst = df[qb : qb + length]
+                        src = cf[o0 : o0 + length]
+                        for e in range(length):
+                            dst[e] += src[e]
+                        continue
+                    for a in range(alo, ahi):
+                        src = cf[ob + a * ow + blo : ob + a * ow + bhi]
+                        q = qb + (a - alo) * sh * w
+                        if sw == 1:
+                            dst = df[q : q + bhi - blo]
+                        else:
+                            dst = df[q : q + sw * (bhi - blo - 1) + 1 : sw]
+                        for e in range(bhi - blo):
+                            dst[e] += src[e]
+
+
+def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> columns ``out`` (C*kh*kw, n*OH*OW); see :func:`nettrain.kernels.im2col`."""
+    _im2col(np.ascontiguousarray(x), *g.kernel, *g.stride, *g.dilation, g.pad[0], g.pad[2], *g.out_hw, out)
+    return out
+
+
+def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Columns (C*kh*kw, n*OH*OW) -> image gradient ``out`` (n, C, H, W).
+
+    ``cols`` is scratch: cells that read padding are zeroed in place.
+    """
+    _col2im(cols, *g.kernel, *g.stride, *g.dilation, g.pad[0], g.pad[2], *g.out_hw, out)
+    return out
+
+
+@_jit
+def _samples_major(z, bias, use_bias, out):
+    n, f, p = out.shape
+    for s in range(n):
+        for k in range(f):
+            src = z[k, s * p : (s + 1) * p]
+            dst = out[s, k]
+            b = bias[k] if use_bias else 0
+            for e in range(p):
+                dst[e] = src[e] + b
+
+
+@_jit
+def _channels_major(y, out):
+    n, f, p = y.shape
+    for k in range(f):
+        for s in range(n):
+            src = y[s, k]
+            dst = out[k, s * p : (s + 1) * p]
+            for e in range(p):
+                dst[e] = src[e]
+
+
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+    use_bias = bias is not None
+    _samples_major(z, bias if use_bias else z[:, 0], use_bias, out)
+    return out
+
+
+def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (F, n*P)."""
+    _channels_major(np.ascontiguousarray(y), out)
+    return out
+
+
+# -- pooling ---------------------------------------------------------------------
+@_jit
+def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
+    n, c_in, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for s in range(n):
+        for c in range(c_in):
+            img = x[s, c]
+            for a in range(oh):
+                for b in range(ow):
+                    best = -np.inf
+                    best_k = -1
+                    for i in range(ph):
+                        r = a * sh + i - pt
+                        if r < 0 or r >= h:
+                            continue
+                        for j in range(pw):
+                            q = b * sw + j - pl
+                            if q < 0 or q >= w:
+                                continue
+                            v = img[r, q]
+                            # strict >, so ties keep the first offset
+                            if best_k < 0 or v > best:
+                                best = v
+                                best_k = i * pw + j
+                    y[s, c, a, b] = best
+                    arg[s, c, a, b] = best_k
+
+
+@_jit
+def _max_pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, dx):
+    n, c_in, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dx[...] = 0
+    for s in range(n):
+        for c in range(c_in):
+            img = dx[s, c]
+            for a in range(oh):
+                for b in range(ow):
+                    k = arg[s, c, a, b]
+                    if k < 0:  # a window with no cell inside the image
+                        continue
+                    img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[s, c, a, b]
+
+
+@_jit
+def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
+    n, c_in, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for s in range(n):
+        for c in range(c_in):
+            img = x[s, c]
+            for a in range(oh):
+                r0 = max(a * sh - pt, 0)
+                r1 = min(a * sh - pt + ph, h)
+                for b in range(ow):
+                    q0 = max(b * sw - pl, 0)
+                    q1 = min(b * sw - pl + pw, w)
+                    total = 0.0
+                    for r in range(r0, r1):
+                        for q in range(q0, q1):
+                            total += img[r, q]
+                    y[s, c, a, b] = total * inv_count[a, b]
+
+
+@_jit
+def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, inv_count, dx):
+    n, c_in, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dx[...] = 0
+    for s in range(n):
+        for c in range(c_in):
+            img = dx[s, c]
+            for a in range(oh):
+                r0 = max(a * sh - pt, 0)
+                r1 = min(a * sh - pt + ph, h)
+                for b in range(ow):
+                    q0 = max(b * sw - pl, 0)
+                    q1 = min(b * sw - pl + pw, w)
+                    share = dy[s, c, a, b] * inv_count[a, b]
+                    for r in range(r0, r1):
+                        for q in range(q0, q1):
+                            img[r, q] += share
+
+
+def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) -> (max, argmax offset); see :func:`nettrain.kernels.max_pool_forward`."""
+    ph, pw = g.kernel
+    y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
+    arg = np.empty(y.shape, np.int8 if ph * pw < 128 else np.int32)
+    _max_pool_forward(np.ascontiguousarray(x), ph, pw, *g.stride, g.pad[0], g.pad[2], y, arg)
+    return y, arg
+
+
+def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
+    _max_pool_backward(np.ascontiguousarray(dy), arg, *g.kernel, *g.stride, g.pad[0], g.pad[2], dx)
+    return dx
+
+
+def avg_pool_forward(x: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
+    y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
+    _avg_pool_forward(np.ascontiguousarray(x), *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, y)
+    return y
+
+
+def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
+    dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
+    _avg_pool_backward(np.ascontiguousarray(dy), *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, dx)
+    return dx
+
+
+# -- batch normalisation ---------------------------------------------------------
+@_jit(fastmath=_FAST_SUMS)
+def _batchnorm_sums(x3, mean_out, var_out):
+    m, f, p = x3.shape
+    total = np.zeros(f)
+    squares = np.zeros(f)
+    for s in range(m):
+        for k in range(f):
+            row = x3[s, k]
+            t = 0.0
+            t2 = 0.0
+            for e in range(p):
+                v = np.float64(row[e])
+                t += v
+                t2 += v * v
+            total[k] += t
+            squares[k] += t2
+    count = m * p
+    for k in range(f):
+        mu = total[k] / count
+        mean_out[k] = mu
+        # float64 sums of float32 data: E[x^2] - E[x]^2 loses nothing that matters here
+        var_out[k] = max(squares[k] / count - mu * mu, 0.0)
+
+
+@_jit
+def _batchnorm_affine(x3, scale, shift, y3):
+    m, f, p = x3.shape
+    for s in range(m):
+        for k in range(f):
+            src = x3[s, k]
+            dst = y3[s, k]
+            a = scale[k]
+            b = shift[k]
+            for e in range(p):
+                dst[e] = src[e] * a + b
+
+
+@_jit(fastmath=_FAST_SUMS)
+def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
+    m, f, p = x3.shape
+    sum_dy = np.zeros(f)
+    sum_dy_xc = np.zeros(f)
+    for s in range(m):
+        for k in range(f):
+            xr = x3[s, k]
+            gr = dy3[s, k]
+            mu = mean[k]
+            t = 0.0
+            t2 = 0.0
+            for e in range(p):
+                g = np.float64(gr[e])
+                t += g
+                t2 += g * (np.float64(xr[e]) - mu)
+            sum_dy[k] += t
+            sum_dy_xc[k] += t2
+    count = m * p
+    a = np.empty(f, x3.dtype)
+    b = np.empty(f, x3.dtype)
+    c = np.empty(f, x3.dtype)
+    for k in range(f):
+        istd = np.float64(inv_std[k])
+        ak = np.float64(gamma[k]) * istd
+        a[k] = ak
+        b[k] = -ak * istd * istd * sum_dy_xc[k] / count
+        c[k] = -ak * sum_dy[k] / count
+        dgamma[k] = sum_dy_xc[k] * istd
+        dbeta[k] = sum_dy[k]
+    # dx = a*dy + b*(x - mean) + c, with c = -a*mean(dy)
+    for s in range(m):
+        for k in range(f):
+            xr = x3[s, k]
+            gr = dy3[s, k]
+            dr = dx3[s, k]
+            ak = a[k]
+            bk = b[k]
+            ck = c[k]
+            mu = mean[k]
+            for e in range(p):
+                dr[e] = gr[e] * ak + (xr[e] - mu) * bk + ck
+
+
+def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, F, P) -> per-feature mean and biased variance (F,)."""
+    f = x3.shape[1]
+    mean, var = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+    _batchnorm_sums(np.ascontiguousarray(x3), mean, var)
+    return mean, var
+
+
+def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    y3 = np.empty(x3.shape, x3.dtype)
+    _batchnorm_affine(np.ascontiguousarray(x3), scale, shift, y3)
+    return y3
+
+
+def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
+    """-> dx (M, F, P), dgamma (F,), dbeta (F,); see :func:`nettrain.kernels.batchnorm_backward`."""
+    f = x3.shape[1]
+    dx3 = np.empty(x3.shape, x3.dtype)
+    dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+    _batchnorm_backward(np.ascontiguousarray(x3), np.ascontiguousarray(dy3), mean, inv_std, gamma, dx3, dgamma, dbeta)
+    return dx3, dgamma, dbeta
+
+
+# -- activations -----------------------------------------------------------------
+@_jit
+def _relu_forward(x, y):
+    for e in range(x.size):
+        v = x[e]
+        y[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
+
+
+@_jit
+def _relu_backward(dy, y, dx):
+    for e in range(dy.size):
+        dx[e] = dy[e] if y[e] > 0 else 0  # as np.where: a NaN dy where y <= 0 does not pass
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    if not x.flags.c_contiguous:
+        return kernels.relu_forward(x)
+    y = np.empty_like(x)
+    _relu_forward(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if not (dy.flags.c_contiguous and y.flags.c_contiguous):
+        return kernels.relu_backward(dy, y)
+    dx = np.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+NUMBA = SimpleNamespace(
+    name="numba",
+    im2col=im2col,
+    col2im=col2im,
+    channels_major=channels_major,
+    samples_major=samples_major,
+    max_pool_forward=max_pool_forward,
+    max_pool_backward=max_pool_backward,
+    avg_pool_forward=avg_pool_forward,
+    avg_pool_backward=avg_pool_backward,
+    batchnorm_stats=batchnorm_stats,
+    batchnorm_affine=batchnorm_affine,
+    batchnorm_backward=batchnorm_backward,
+    relu_forward=relu_forward,
+    relu_backward=relu_backward,
+)
+"""The compiled kernels, with the names of :data:`nettrain.kernels.NUMPY`."""

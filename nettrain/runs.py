@@ -1,0 +1,299 @@
+"""Run directories: everything a training run leaves behind, in one folder.
+
+::
+
+    runs/<config-name>-<YYYYmmdd-HHMMSS>/
+        config.yaml          the resolved config (overrides applied)
+        summary.json         the model summary (layers, shapes, parameter counts)
+        metrics.csv          one row per epoch
+        metrics.jsonl        the same rows as JSON lines
+        curves.png           loss and accuracy curves (when matplotlib is installed)
+        checkpoints/last.npz the state after the latest epoch (or interruption)
+        checkpoints/best.npz the state at the best ``output.monitor`` value
+
+Metric rows are appended, flushed and fsynced once per epoch; a resumed run first
+cuts both files back to the checkpoint's epoch, so no row is duplicated or lost.
+Every whole-file write goes through a temporary file and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import TrainingError
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "img_per_s"]
+# Columns that measure the machine rather than the training; reruns differ only here.
+TIME_COLUMNS = ("seconds", "img_per_s")
+
+
+def _write_error(path: Path, e: OSError) -> TrainingError:
+    return TrainingError(f"{path}: cannot write ({e.strerror or e}); check that the output folder is writable "
+                         "(set output.dir to another place) and the disk has space")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` via a temporary file in the same folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise _write_error(path, e) from None
+
+
+def timestamp(now: datetime | None = None) -> str:
+    return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+
+
+class RunDir:
+    """The paths of one run's folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.npz"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.npz"
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def metrics_jsonl(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.path / "curves.png"
+
+    def has_checkpoint(self) -> bool:
+        return self.last.is_file()
+
+    # -- creation -----------------------------------------------------------
+    @classmethod
+    def create(cls, config_name: str, output_dir: str | Path | None = None, root: str | Path = "runs",
+               now: datetime | None = None) -> "RunDir":
+        """A fresh run folder: ``output_dir`` if given, else ``root/<config_name>-<timestamp>``.
+
+        An ``output_dir`` that already holds a checkpoint is refused (resume it instead),
+        so a new run never overwrites another run's metrics.
+        """
+        if output_dir is not None:
+            run = cls(output_dir)
+            if run.has_checkpoint():
+                raise TrainingError(f"{run.path} already holds a run (checkpoints/last.npz); continue it with "
+                                    f"--resume {run.path}, or set output.dir to a new folder")
+        else:
+            base = Path(root) / f"{config_name}-{timestamp(now)}"
+            run, n = cls(base), 1
+            while run.path.exists():  # two runs started in the same second
+                n += 1
+                run = cls(f"{base}-{n}")
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(f"{run.path}: cannot create the run folder ({e.strerror or e}); "
+                                "set output.dir (or output.root) to a writable place") from None
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """An existing run folder to resume; it must hold ``checkpoints/last.npz``."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise TrainingError(f"{run.path}: no such run folder to resume")
+        if not run.has_checkpoint():
+            raise TrainingError(f"{run.path}: no checkpoints/last.npz to resume from "
+                                "(the run stopped before its first checkpoint; start it again without --resume)")
+        return run
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # repr round-trips, so reruns compare exactly
+    return str(value)
+
+
+def _parse_value(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """``metrics.csv`` and ``metrics.jsonl``: one row per finished epoch."""
+
+    def __init__(self, run: RunDir, columns: Iterable[str]):
+        self.run = run
+        self.columns = list(columns)
+
+    def _append(self, path: Path, text: str, header: str | None = None) -> None:
+        try:
+            new = not path.exists() or path.stat().st_size == 0
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                if new and header is not None:
+                    f.write(header)
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _write_error(path, e) from None
+
+    def _csv_line(self, values: Iterable[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(list(values))
+        return buf.getvalue()
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one epoch's row to both files (flushed and fsynced)."""
+        self._append(self.run.metrics_csv, self._csv_line(_format_value(row.get(c)) for c in self.columns),
+                     header=self._csv_line(self.columns))
+        record = {c: _json_value(row.get(c)) for c in self.columns}
+        self._append(self.run.metrics_jsonl, json.dumps(record) + "\n")
+
+    def truncate(self, epochs: int) -> list[dict[str, Any]]:
+        """Keep the rows of epochs ``1..epochs`` only (resume); returns the rows kept.
+
+        The CSV is rewritten with this log's columns, so a resumed run that reports
+        another metric still writes aligned rows.
+        """
+        rows = [r for r in read_metrics(self.run.metrics_jsonl) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs]
+        if not rows and self.run.metrics_csv.exists():
+            rows = [r for r in read_metrics(self.run.metrics_csv) if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs]
+        header = self._csv_line(self.columns)
+        lines = [self._csv_line(_format_value(r.get(c)) for c in self.columns) for r in rows]
+        write_text_atomic(self.run.metrics_csv, header + "".join(lines))
+        write_text_atomic(self.run.metrics_jsonl,
+                          "".join(json.dumps({c: _json_value(r.get(c)) for c in self.columns}) + "\n" for r in rows))
+        return rows
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` or ``metrics.jsonl`` as dicts (numbers parsed, empty -> None)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainingError(f"{path}: cannot read metrics ({e})") from None
+    if path.suffix == ".jsonl":
+        rows = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break  # a torn last line from a crash: everything before it is sound
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    return [{k: _parse_value(v or "") for k, v in row.items()} for row in reader]
+
+
+# --------------------------------------------------------------------------- curves
+
+def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Loss and accuracy per epoch (train and validation) as a PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not rows:
+        return None
+    path = Path(path)
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [r.get(f"{split}_{metric}") for r in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [math.nan if v is None else v for v in values], style, marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- summary
+
+def model_summary(model, config=None) -> dict[str, Any]:
+    """The model summary (layers, shapes, parameter counts, memory) as JSON-ready data."""
+    from .summary import summarize, summarize_config
+
+    summary = summarize_config(config, model) if config is not None else summarize(model)
+    return summary.to_dict()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
