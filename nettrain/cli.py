@@ -244,7 +244,7 @@ def _print_layers(reference) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="the YAML config to train"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config value: --set train.epochs=3"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -263,7 +263,7 @@ def train(
     except NettrainError as e:
         _fail(e)
     except KeyboardInterrupt:  # a second Ctrl-C: checkpoints are written atomically, so none is broken
-        typer.echo("aborted; checkpoints/last.npz holds the last finished epoch or stop", err=True)
+        typer.echo("aborted; checkpoints already written are intact (they are replaced atomically)", err=True)
         raise typer.Exit(130) from None
     out = reporter.console
     if result.best_value is not None:

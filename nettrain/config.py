@@ -427,17 +427,23 @@ def node_at(tree: Node, path: Path) -> tuple[Node, Path]:
 
 
 def _shown(value, limit: int = 60) -> str:
-    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip() \
-        if isinstance(value, (dict, list)) else str(value).lower() if isinstance(value, bool) or value is None else str(value)
-    if text.endswith("\n...") or text.endswith(" ..."):
-        text = text.rsplit("...", 1)[0].strip()
-    if text == "None":
-        text = "null"
+    """A value as it would be written in YAML, shortened to ``limit`` characters."""
+    if isinstance(value, str):
+        text = repr(value)
+    elif value is None or isinstance(value, bool):
+        text = "null" if value is None else str(value).lower()
+    elif isinstance(value, (dict, list)):
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        except yaml.YAMLError:
+            text = repr(value)
+    else:
+        text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ============================================================================ sugar: repeat and blocks
-PARAM_REF = re.compile(r"^\$\{?([A-Za-z_]\w*)\}?$")
+PARAM_REF = re.compile(r"^\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))$")  # $name or ${name}, the whole value
 PARAM_IN_TEXT = re.compile(r"\$\{([A-Za-z_]\w*)\}")
 USE_KEYS = ("block", "name", "repeat")
 
@@ -571,9 +577,10 @@ class SugarExpander:
         if isinstance(node.value, str) and "$" in node.value:
             whole = PARAM_REF.match(node.value)
             if whole:
-                if whole.group(1) in values:
-                    return copy_tree(values[whole.group(1)])
-                self.unknown_parameter(where, whole.group(1), values)
+                name = whole.group(1) or whole.group(2)
+                if name in values:
+                    return copy_tree(values[name])
+                self.unknown_parameter(where, name, values)
                 return Node(node.value, where)
 
             def text_of(m: re.Match) -> str:
