@@ -75,7 +75,10 @@ def _strip_layer_prefix(message: str, layer: Layer) -> str:
 
 
 def _locate_build(layer: Layer, index: str, where: str) -> None:
-    """Make ``layer.build`` re-raise its ShapeError prefixed with where the layer is (innermost wins)."""
+    """Make ``layer.build`` re-raise its ShapeError prefixed with where the layer is (innermost wins).
+
+    The wrapper is an instance attribute that :func:`build_model` removes once the model is built.
+    """
     build = layer.build
 
     def located_build(in_shape, rng):
@@ -134,7 +137,11 @@ def build_model(source: Config | ModelSpec, seed: int | None = None, name: str |
         raise TypeError(f"build_model needs a Config or a ModelSpec, got {type(source).__name__}")
     layers = make_layers(spec.layers, locate)
     model = Model(layers, spec.internal_input_shape, name=name or "model")
-    return model.build(0 if seed is None else seed)
+    try:
+        return model.build(0 if seed is None else seed)
+    finally:
+        for _, layer in model.named_layers():  # back to the class's build: the model stays picklable
+            layer.__dict__.pop("build", None)
 
 
 def model_spec_of(model: Model) -> dict:

@@ -33,6 +33,9 @@ from .errors import CheckpointError
 FORMAT = "nettrain-checkpoint"
 VERSION = 1
 _PREFIXES = {"param/": "params", "buffer/": "buffers", "optim/": "optimizer", "sched/": "schedule"}
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+# What to do about a damaged file, appended to every "corrupt" message.
+DAMAGED = "the file is damaged; use another checkpoint of the run (best.npz or last.npz) or train again"
 
 
 def config_hash(text: str) -> str:
@@ -161,8 +164,18 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
 
 # --------------------------------------------------------------------------- loading
 
+def _is_zip(path: Path) -> bool:
+    # np.load takes any bytes that are neither zip nor .npy for a pickle; sniff first so
+    # that a text file is called what it is, not "pickled objects".
+    with open(path, "rb") as f:
+        return f.read(4) in _ZIP_MAGICS
+
+
 def _read_archive(path: Path) -> dict[str, np.ndarray]:
     try:
+        if not _is_zip(path):
+            raise CheckpointError(f"{path}: not a checkpoint (.npz archive expected); "
+                                  "give a checkpoints/last.npz or best.npz, or the run folder")
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path}: not a checkpoint (.npz archive expected)")
@@ -180,10 +193,10 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise CheckpointError(f"{path}: holds pickled Python objects, which are refused; "
                                   "it was not written by nettrain") from None
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e}); {DAMAGED}") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, RuntimeError, TypeError,
             NotImplementedError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e}); {DAMAGED}") from None
 
 
 def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -193,7 +206,7 @@ def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     try:
         meta = json.loads(_array_text(arrays["meta"]))
     except (UnicodeDecodeError, ValueError, TypeError):
-        raise CheckpointError(f"{path}: corrupt checkpoint (unreadable 'meta' entry)") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint (unreadable 'meta' entry); {DAMAGED}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nettrain checkpoint (unknown format)")
     if meta.get("version") != VERSION:
@@ -202,7 +215,7 @@ def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     required = ("epoch", "batch", "global_step", "config_sha256", "architecture", "rng_states", "classes", "trainer")
     missing = [k for k in required if k not in meta]
     if missing:
-        raise CheckpointError(f"{path}: corrupt checkpoint ('meta' lacks {', '.join(missing)})")
+        raise CheckpointError(f"{path}: corrupt checkpoint ('meta' lacks {', '.join(missing)}); {DAMAGED}")
     return meta
 
 
@@ -218,9 +231,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config_text = _array_text(arrays["config"])
     except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: corrupt checkpoint (config text is not UTF-8)") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint (config text is not UTF-8); {DAMAGED}") from None
     if config_hash(config_text) != meta["config_sha256"]:
-        raise CheckpointError(f"{path}: corrupt checkpoint (the stored config does not match its SHA-256)")
+        raise CheckpointError(f"{path}: corrupt checkpoint (the stored config does not match its SHA-256); {DAMAGED}")
     groups: dict[str, dict[str, np.ndarray]] = {attr: {} for attr in _PREFIXES.values()}
     for key, a in arrays.items():
         for prefix, attr in _PREFIXES.items():
@@ -230,10 +243,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     stored = {**{n: a.shape for n, a in groups["params"].items()}, **{n: a.shape for n, a in groups["buffers"].items()}}
     for name, shape in architecture:
         if name not in stored:
-            raise CheckpointError(f"{path}: corrupt checkpoint (no array for '{name}')")
+            raise CheckpointError(f"{path}: corrupt checkpoint (no array for '{name}'); {DAMAGED}")
         if tuple(stored[name]) != shape:
             raise CheckpointError(f"{path}: corrupt checkpoint ('{name}' has shape {tuple(stored[name])}, "
-                                  f"its signature says {shape})")
+                                  f"its signature says {shape}); {DAMAGED}")
     return Checkpoint(
         params=groups["params"],
         buffers=groups["buffers"],
@@ -303,4 +316,4 @@ def restore_model(ckpt: Checkpoint, model) -> None:
         try:
             generators[path].bit_generator.state = state
         except (TypeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt.path}: corrupt random state for layer '{path}' ({e})") from None
+            raise CheckpointError(f"{ckpt.path}: corrupt random state for layer '{path}' ({e}); {DAMAGED}") from None

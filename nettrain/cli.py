@@ -262,6 +262,9 @@ def train(
         result = Trainer(cfg, resume=resume, reporter=reporter).fit()
     except NettrainError as e:
         _fail(e)
+    except MemoryError:
+        _out_of_memory(f"{config}: the model or the data does not fit in memory; "
+                       "lower train.batch_size, layer sizes or data.subset")
     except KeyboardInterrupt:  # a second Ctrl-C: checkpoints are written atomically, so none is broken
         typer.echo("aborted; checkpoints already written are intact (they are replaced atomically)", err=True)
         raise typer.Exit(130) from None
@@ -302,6 +305,8 @@ def evaluate_command(
             typer.echo(f"note: {e}", err=True)
     except NettrainError as e:
         _fail(e)
+    except MemoryError:
+        _out_of_memory(f"{checkpoint}: the model or the {split} split does not fit in memory")
     if format == "json":
         import json
 
@@ -330,6 +335,8 @@ def predict(
         results = predict_files(load_trained(checkpoint), files, top=top)
     except NettrainError as e:
         _fail(e)
+    except MemoryError:
+        _out_of_memory(f"{checkpoint}: the model or the inputs do not fit in memory; predict fewer files at once")
     if format == "json":
         import json
 
@@ -390,6 +397,12 @@ def _print_bench(result) -> None:
         typer.echo(line)
 
 
+def _out_of_memory(message: str) -> None:
+    """A MemoryError as one line and exit code 2, like a NettrainError."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 def _usage(message: str):
     from .errors import NettrainError
 
@@ -398,3 +411,7 @@ def _usage(message: str):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m nettrain.cli
+    main()

@@ -59,6 +59,10 @@ def _fail(path: Path | str, problem: str) -> DataError:
     return DataError(f"{path}: {problem}")
 
 
+# Advice for a file that is cut short or damaged.
+DAMAGED = "the file is incomplete or damaged; download or write it again"
+
+
 # --------------------------------------------------------------------------- IDX
 
 IDX_DTYPES = {
@@ -116,19 +120,21 @@ def read_idx(path: str | Path, kind: Literal["images", "labels"] | None = None) 
         with raw, stream:
             header = _read_upto(stream, 4)
             if len(header) < 4:
-                raise _fail(path, f"truncated: expected at least 4 header bytes, found {len(header)}")
+                raise _fail(path, f"truncated: expected at least 4 header bytes, found {len(header)}; {DAMAGED}")
             magic = int.from_bytes(header, "big")
             type_code, ndim = header[2], header[3]
             if header[:2] != b"\x00\x00" or type_code not in IDX_DTYPES or ndim == 0:
-                raise _fail(path, f"not an IDX file (bad magic 0x{magic:08x})")
+                raise _fail(path, f"not an IDX file (bad magic 0x{magic:08x}); give the MNIST-style "
+                                  "train/t10k images and labels files")
             wanted = {"images": IDX_IMAGES_MAGIC, "labels": IDX_LABELS_MAGIC}.get(kind or "")
             if wanted is not None and magic != wanted:
-                raise _fail(path, f"wrong magic 0x{magic:08x} for {kind}, expected 0x{wanted:08x}")
+                raise _fail(path, f"wrong magic 0x{magic:08x} for {kind}, expected 0x{wanted:08x}; "
+                                  "are the images and labels files swapped or misnamed?")
             dims_bytes = _read_upto(stream, 4 * ndim)
             header_size = 4 + 4 * ndim
             if len(dims_bytes) < 4 * ndim:
                 raise _fail(path, f"truncated: expected at least {header_size} header bytes, "
-                                  f"found {4 + len(dims_bytes)}")
+                                  f"found {4 + len(dims_bytes)}; {DAMAGED}")
             dims = tuple(int.from_bytes(dims_bytes[4 * i:4 * i + 4], "big") for i in range(ndim))
             dtype = IDX_DTYPES[type_code]
             body_size = math.prod(dims) * dtype.itemsize
@@ -136,10 +142,10 @@ def read_idx(path: str | Path, kind: Literal["images", "labels"] | None = None) 
     except DataError:
         raise
     except (OSError, EOFError, zlib.error) as e:
-        raise _fail(path, f"corrupt or truncated gzip data ({e})") from None
+        raise _fail(path, f"corrupt or truncated gzip data ({e}); {DAMAGED}") from None
     expected, found = header_size + body_size, header_size + len(body)
     if len(body) < body_size:
-        raise _fail(path, f"truncated: expected {expected} bytes, found {found}")
+        raise _fail(path, f"truncated: expected {expected} bytes, found {found}; {DAMAGED}")
     if len(body) > body_size:
         raise _fail(path, f"has trailing data: expected {expected} bytes for shape {dims}, found more")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
@@ -165,12 +171,14 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 def _check_labels(path: Path | str, y: np.ndarray, num_classes: int) -> None:
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise _fail(path, f"labels out of range: found {int(y.min())}..{int(y.max())}, "
-                          f"expected 0..{num_classes - 1}")
+                          f"expected 0..{num_classes - 1}; every label must be the index of one of the "
+                          f"{num_classes} classes")
 
 
 def _check_counts(path: Path | str, x: np.ndarray, y: np.ndarray) -> None:
     if len(x) != len(y):
-        raise _fail(path, f"count mismatch: {len(x)} images but {len(y)} labels")
+        raise _fail(path, f"count mismatch: {len(x)} images but {len(y)} labels; "
+                          "give one label per image (files of the same split)")
 
 
 IDX_STEMS = {
@@ -279,11 +287,12 @@ def safe_unpickle(path: str | Path):
     try:
         return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except DataError as e:
-        raise _fail(path, f"unsafe or invalid pickle: {e}") from None
+        raise _fail(path, f"unsafe or invalid pickle: {e} (only plain arrays are loaded, nothing else is run); "
+                          "replace it with a genuine CIFAR-10 batch") from None
     except RecursionError:
-        raise _fail(path, "invalid pickle (nested too deeply)") from None
+        raise _fail(path, f"invalid pickle (nested too deeply); {DAMAGED}") from None
     except Exception as e:  # a corrupt pickle can fail with almost any exception type
-        raise _fail(path, f"not a valid pickle ({type(e).__name__}: {e})") from None
+        raise _fail(path, f"not a valid pickle ({type(e).__name__}: {e}); {DAMAGED}") from None
 
 
 def _get_key(path: Path, obj: dict, key: str):
@@ -351,7 +360,7 @@ def read_cifar_binary_batch(path: str | Path, num_classes: int = 10) -> tuple[np
         raise _fail(path, f"cannot read ({e.strerror or e})") from None
     if not data or len(data) % CIFAR_RECORD_BYTES:
         raise _fail(path, f"size {len(data)} bytes is not a positive multiple of the "
-                          f"{CIFAR_RECORD_BYTES}-byte record (truncated or not a CIFAR-10 binary batch)")
+                          f"{CIFAR_RECORD_BYTES}-byte record (truncated or not a CIFAR-10 binary batch); {DAMAGED}")
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
     y = records[:, 0].astype(np.int64)
     _check_labels(path, y, num_classes)
@@ -504,7 +513,8 @@ def read_image_folder(path: str | Path, channels: int | None = None,
                     im = im.convert("L" if channels == 1 else "RGB")
                     array = np.asarray(im, dtype=np.uint8)
             except Exception as e:  # Pillow raises many types for a file that is not an image
-                raise _fail(f, f"not a readable image ({type(e).__name__}: {e})") from None
+                raise _fail(f, f"not a readable image ({type(e).__name__}: {e}); remove it or move it "
+                               "out of the class folders") from None
             if first is None:
                 first = (f, array.shape)
             elif array.shape != first[1]:
@@ -676,7 +686,7 @@ def locate_data(spec: DataSpec, config_dir: Path | None = None) -> Path:
             if p.exists():
                 return p
         looked = ", ".join(str(p) for p in candidates)
-        raise DataError(f"data.path {spec.path!r} not found (looked in: {looked})")
+        raise DataError(f"data.path {spec.path!r} not found (looked in: {looked}); fix data.path in the config")
     candidates = dataset_candidates(spec.dataset)
     for p in candidates:
         if p.is_dir():
@@ -859,6 +869,14 @@ def load_data(spec: DataSpec, input_shape: Shape | None = None, seed: int = 0,
     (``(C, H, W)``, ``(T, F)`` or ``(F,)``): samples of the same size are reshaped
     to it (28x28 images become 28 timesteps of 28 features), others are an error.
     """
+    try:
+        return _load_bundle(spec, input_shape, seed, config_dir)
+    except MemoryError:
+        raise DataError(f"{spec.path or spec.dataset}: not enough memory to load the data set; use data.subset "
+                        "or a smaller data set") from None
+
+
+def _load_bundle(spec: DataSpec, input_shape: Shape | None, seed: int, config_dir: Path | None) -> DataBundle:
     raw = _load_raw(spec, input_shape, config_dir)
     source = spec.path or spec.dataset
     x_train, y_train = raw.x_train, raw.y_train

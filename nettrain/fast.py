@@ -24,9 +24,10 @@ from .kernels import ConvGeometry
 
 try:
     import numba
-    from numba import njit
+    from numba import njit, prange
 except ImportError:  # the reference kernels run instead
     numba = None
+    prange = range
 
 AVAILABLE = numba is not None
 _state = {"enabled": AVAILABLE and os.environ.get("NETTRAIN_FAST", "1").strip() not in ("0", "false", "no", "off")}
@@ -60,10 +61,16 @@ def _jit(fn=None, **options):
         return lambda f: _jit(f, **options)
     if numba is None:
         return fn
-    return njit(cache=True, **options)(fn)
+    # the on-disk cache does not key on the parallel flag, so parallel builds are never cached
+    return njit(cache=not options.get("parallel", False), **options)(fn)
 
 
 _FAST_SUMS = {"reassoc", "contract"}  # let reductions vectorise; NaN and inf still propagate
+
+# Kernels are written with prange but compiled serial unless NETTRAIN_FAST_PARALLEL=1: the BLAS
+# already keeps every core busy in the GEMMs, and on a shared machine two spinning thread pools
+# (BLAS and numba) fighting for the same cores cost far more than the parallel copies win.
+PARALLEL = os.environ.get("NETTRAIN_FAST_PARALLEL", "0").strip() == "1"
 
 
 # -- convolution -----------------------------------------------------------------
@@ -78,98 +85,96 @@ def _valid_range(out: int, k: int, stride: int, dilation: int, pad_before: int, 
     return lo, hi
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
     n, c_in, h, w = x.shape
     p = oh * ow
     m = n * p
     xf = x.reshape(-1)
-    cf = cols.reshape(-1)
     # with stride 1 and as many output as input columns, consecutive rows are
     # adjacent in both arrays: one long copy, then zero the wrapped edge cells
     runs = sh == 1 and sw == 1 and ow == w
-    for c in range(c_in):
-        for i in range(kh):
-            alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
-                for s in range(n):
-                    ob = r * m + s * p
-                    cf[ob : ob + alo * ow] = 0
-                    cf[ob + ahi * ow : ob + p] = 0
-                    if alo >= ahi:
-                        continue
-                    qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
-                    if runs:
-                        o0 = ob + alo * ow + blo
-                        length = (ahi - alo - 1) * ow + bhi - blo
-                        dst = cf[o0 : o0 + length]
-                        src = xf[qb : qb + length]
-                        for e in range(length):
-                            dst[e] = src[e]
-                        for a in range(alo, ahi):
-                            row = cf[ob + a * ow : ob + (a + 1) * ow]
-                            row[:blo] = 0
-                            row[bhi:] = 0
-                        continue
-                    for a in range(alo, ahi):
-                        row = cf[ob + a * ow : ob + (a + 1) * ow]
-                        row[:blo] = 0
-                        row[bhi:] = 0
-                        dst = row[blo:bhi]
-                        q = qb + (a - alo) * sh * w
-                        if sw == 1:
-                            src = xf[q : q + bhi - blo]
-                        else:
-                            src = xf[q : q + sw * (bhi - blo - 1) + 1 : sw]
-                        for e in range(bhi - blo):
-                            dst[e] = src[e]
+    for r in prange(c_in * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+        blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+        cr = cols[r]
+        for s in range(n):
+            ob = s * p
+            cr[ob : ob + alo * ow] = 0
+            cr[ob + ahi * ow : ob + p] = 0
+            if alo >= ahi:
+                continue
+            qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+            if runs:
+                o0 = ob + alo * ow + blo
+                length = (ahi - alo - 1) * ow + bhi - blo
+                dst = cr[o0 : o0 + length]
+                src = xf[qb : qb + length]
+                for e in range(length):
+                    dst[e] = src[e]
+                for a in range(alo, ahi):
+                    row = cr[ob + a * ow : ob + (a + 1) * ow]
+                    row[:blo] = 0
+                    row[bhi:] = 0
+                continue
+            for a in range(alo, ahi):
+                row = cr[ob + a * ow : ob + (a + 1) * ow]
+                row[:blo] = 0
+                row[bhi:] = 0
+                dst = row[blo:bhi]
+                q = qb + (a - alo) * sh * w
+                if sw == 1:
+                    src = xf[q : q + bhi - blo]
+                else:
+                    src = xf[q : q + sw * (bhi - blo - 1) + 1 : sw]
+                for e in range(bhi - blo):
+                    dst[e] = src[e]
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _col2im(cols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
     n, c_in, h, w = dx.shape
     p = oh * ow
-    m = n * p
-    df = dx.reshape(-1)
-    cf = cols.reshape(-1)
     runs = sh == 1 and sw == 1 and ow == w
-    df[:] = 0
-    # sample-major, so one image's gradient stays in cache while all its rows add in
-    for s in range(n):
-        for c in range(c_in):
-            for i in range(kh):
-                alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
-                if alo >= ahi:
-                    continue
-                for j in range(kw):
-                    r = (c * kh + i) * kw + j
-                    blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
-                    ob = r * m + s * p
-                    qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
-                    if runs:
-                        # cells that read padding must add nothing: zero them in the (scratch) columns
-                        for a in range(alo, ahi):
-                            row = cf[ob + a * ow : ob + (a + 1) * ow]
-                            row[:blo] = 0
-                            row[bhi:] = 0
-                        o0 = ob + alo * ow + blo
-                        length = (ahi - alo - 1) * ow + bhi - blo
-                        dst = df[qb : qb + length]
-                        src = cf[o0 : o0 + length]
-                        for e in range(length):
-                            dst[e] += src[e]
-                        continue
+    # one image plane per task: all kh*kw rows of channel c add into dx[s, c], nothing else does
+    for t in prange(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        plane = dx[s, c].reshape(-1)
+        plane[:] = 0
+        for i in range(kh):
+            alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+            if alo >= ahi:
+                continue
+            for j in range(kw):
+                blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+                cr = cols[(c * kh + i) * kw + j, s * p : (s + 1) * p]
+                qb = (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+                if runs:
+                    # cells that read padding must add nothing: zero them in the (scratch) columns
                     for a in range(alo, ahi):
-                        src = cf[ob + a * ow + blo : ob + a * ow + bhi]
-                        q = qb + (a - alo) * sh * w
-                        if sw == 1:
-                            dst = df[q : q + bhi - blo]
-                        else:
-                            dst = df[q : q + sw * (bhi - blo - 1) + 1 : sw]
-                        for e in range(bhi - blo):
-                            dst[e] += src[e]
+                        row = cr[a * ow : (a + 1) * ow]
+                        row[:blo] = 0
+                        row[bhi:] = 0
+                    o0 = alo * ow + blo
+                    length = (ahi - alo - 1) * ow + bhi - blo
+                    dst = plane[qb : qb + length]
+                    src = cr[o0 : o0 + length]
+                    for e in range(length):
+                        dst[e] += src[e]
+                    continue
+                for a in range(alo, ahi):
+                    src = cr[a * ow + blo : a * ow + bhi]
+                    q = qb + (a - alo) * sh * w
+                    if sw == 1:
+                        dst = plane[q : q + bhi - blo]
+                    else:
+                        dst = plane[q : q + sw * (bhi - blo - 1) + 1 : sw]
+                    for e in range(bhi - blo):
+                        dst[e] += src[e]
 
 
 def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
@@ -187,27 +192,29 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _samples_major(z, bias, use_bias, out):
     n, f, p = out.shape
-    for s in range(n):
-        for k in range(f):
-            src = z[k, s * p : (s + 1) * p]
-            dst = out[s, k]
-            b = bias[k] if use_bias else 0
-            for e in range(p):
-                dst[e] = src[e] + b
+    for t in prange(n * f):
+        s = t // f
+        k = t % f
+        src = z[k, s * p : (s + 1) * p]
+        dst = out[s, k]
+        b = bias[k] if use_bias else 0
+        for e in range(p):
+            dst[e] = src[e] + b
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _channels_major(y, out):
     n, f, p = y.shape
-    for k in range(f):
-        for s in range(n):
-            src = y[s, k]
-            dst = out[k, s * p : (s + 1) * p]
-            for e in range(p):
-                dst[e] = src[e]
+    for t in prange(n * f):
+        k = t // n
+        s = t % n
+        src = y[s, k]
+        dst = out[k, s * p : (s + 1) * p]
+        for e in range(p):
+            dst[e] = src[e]
 
 
 def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
@@ -224,88 +231,96 @@ def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 # -- pooling ---------------------------------------------------------------------
-@_jit
+@_jit(parallel=PARALLEL)
 def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
     n, c_in, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for s in range(n):
-        for c in range(c_in):
-            img = x[s, c]
-            for a in range(oh):
-                for b in range(ow):
-                    best = -np.inf
-                    best_k = -1
-                    for i in range(ph):
-                        r = a * sh + i - pt
-                        if r < 0 or r >= h:
-                            continue
-                        for j in range(pw):
-                            q = b * sw + j - pl
-                            if q < 0 or q >= w:
-                                continue
-                            v = img[r, q]
-                            # strict >, so ties keep the first offset
-                            if best_k < 0 or v > best:
-                                best = v
-                                best_k = i * pw + j
-                    y[s, c, a, b] = best
-                    arg[s, c, a, b] = best_k
+    for t in prange(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        img = x[s, c]
+        for a in range(oh):
+            r0 = max(a * sh - pt, 0)
+            r1 = min(a * sh - pt + ph, h)
+            for b in range(ow):
+                q0 = max(b * sw - pl, 0)
+                q1 = min(b * sw - pl + pw, w)
+                if r0 >= r1 or q0 >= q1:  # a window wholly in the padding
+                    y[s, c, a, b] = -np.inf
+                    arg[s, c, a, b] = -1
+                    continue
+                best = img[r0, q0]
+                best_r = r0
+                best_q = q0
+                for r in range(r0, r1):
+                    row = img[r]
+                    for q in range(q0, q1):
+                        # strict >, so ties keep the first cell in row-major order
+                        if row[q] > best:
+                            best = row[q]
+                            best_r = r
+                            best_q = q
+                y[s, c, a, b] = best
+                arg[s, c, a, b] = (best_r - a * sh + pt) * pw + best_q - b * sw + pl
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _max_pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, dx):
     n, c_in, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    dx[...] = 0
-    for s in range(n):
-        for c in range(c_in):
-            img = dx[s, c]
-            for a in range(oh):
-                for b in range(ow):
-                    k = arg[s, c, a, b]
-                    if k < 0:  # a window with no cell inside the image
-                        continue
-                    img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[s, c, a, b]
+    for t in prange(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        img = dx[s, c]
+        img[...] = 0
+        for a in range(oh):
+            for b in range(ow):
+                k = arg[s, c, a, b]
+                if k < 0:  # a window with no cell inside the image
+                    continue
+                img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[s, c, a, b]
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
     n, c_in, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for s in range(n):
-        for c in range(c_in):
-            img = x[s, c]
-            for a in range(oh):
-                r0 = max(a * sh - pt, 0)
-                r1 = min(a * sh - pt + ph, h)
-                for b in range(ow):
-                    q0 = max(b * sw - pl, 0)
-                    q1 = min(b * sw - pl + pw, w)
-                    total = 0.0
-                    for r in range(r0, r1):
-                        for q in range(q0, q1):
-                            total += img[r, q]
-                    y[s, c, a, b] = total * inv_count[a, b]
+    for t in prange(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        img = x[s, c]
+        for a in range(oh):
+            r0 = max(a * sh - pt, 0)
+            r1 = min(a * sh - pt + ph, h)
+            for b in range(ow):
+                q0 = max(b * sw - pl, 0)
+                q1 = min(b * sw - pl + pw, w)
+                total = 0.0
+                for r in range(r0, r1):
+                    for q in range(q0, q1):
+                        total += img[r, q]
+                y[s, c, a, b] = total * inv_count[a, b]
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, inv_count, dx):
     n, c_in, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    dx[...] = 0
-    for s in range(n):
-        for c in range(c_in):
-            img = dx[s, c]
-            for a in range(oh):
-                r0 = max(a * sh - pt, 0)
-                r1 = min(a * sh - pt + ph, h)
-                for b in range(ow):
-                    q0 = max(b * sw - pl, 0)
-                    q1 = min(b * sw - pl + pw, w)
-                    share = dy[s, c, a, b] * inv_count[a, b]
-                    for r in range(r0, r1):
-                        for q in range(q0, q1):
-                            img[r, q] += share
+    for t in prange(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        img = dx[s, c]
+        img[...] = 0
+        for a in range(oh):
+            r0 = max(a * sh - pt, 0)
+            r1 = min(a * sh - pt + ph, h)
+            for b in range(ow):
+                q0 = max(b * sw - pl, 0)
+                q1 = min(b * sw - pl + pw, w)
+                share = dy[s, c, a, b] * inv_count[a, b]
+                for r in range(r0, r1):
+                    for q in range(q0, q1):
+                        img[r, q] += share
 
 
 def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -336,34 +351,29 @@ def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) ->
 
 
 # -- batch normalisation ---------------------------------------------------------
-@_jit(fastmath=_FAST_SUMS)
+@_jit(parallel=PARALLEL, fastmath=_FAST_SUMS)
 def _batchnorm_sums(x3, mean_out, var_out):
     m, f, p = x3.shape
-    total = np.zeros(f)
-    squares = np.zeros(f)
-    for s in range(m):
-        for k in range(f):
+    count = m * p
+    for k in prange(f):
+        total = 0.0
+        squares = 0.0
+        for s in range(m):
             row = x3[s, k]
-            t = 0.0
-            t2 = 0.0
             for e in range(p):
                 v = np.float64(row[e])
-                t += v
-                t2 += v * v
-            total[k] += t
-            squares[k] += t2
-    count = m * p
-    for k in range(f):
-        mu = total[k] / count
+                total += v
+                squares += v * v
+        mu = total / count
         mean_out[k] = mu
         # float64 sums of float32 data: E[x^2] - E[x]^2 loses nothing that matters here
-        var_out[k] = max(squares[k] / count - mu * mu, 0.0)
+        var_out[k] = max(squares / count - mu * mu, 0.0)
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _batchnorm_affine(x3, scale, shift, y3):
     m, f, p = x3.shape
-    for s in range(m):
+    for s in prange(m):
         for k in range(f):
             src = x3[s, k]
             dst = y3[s, k]
@@ -373,38 +383,33 @@ def _batchnorm_affine(x3, scale, shift, y3):
                 dst[e] = src[e] * a + b
 
 
-@_jit(fastmath=_FAST_SUMS)
+@_jit(parallel=PARALLEL, fastmath=_FAST_SUMS)
 def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
     m, f, p = x3.shape
-    sum_dy = np.zeros(f)
-    sum_dy_xc = np.zeros(f)
-    for s in range(m):
-        for k in range(f):
-            xr = x3[s, k]
-            gr = dy3[s, k]
-            mu = mean[k]
-            t = 0.0
-            t2 = 0.0
-            for e in range(p):
-                g = np.float64(gr[e])
-                t += g
-                t2 += g * (np.float64(xr[e]) - mu)
-            sum_dy[k] += t
-            sum_dy_xc[k] += t2
     count = m * p
     a = np.empty(f, x3.dtype)
     b = np.empty(f, x3.dtype)
     c = np.empty(f, x3.dtype)
-    for k in range(f):
+    for k in prange(f):
+        mu = np.float64(mean[k])
+        sum_dy = 0.0
+        sum_dy_xc = 0.0
+        for s in range(m):
+            xr = x3[s, k]
+            gr = dy3[s, k]
+            for e in range(p):
+                g = np.float64(gr[e])
+                sum_dy += g
+                sum_dy_xc += g * (np.float64(xr[e]) - mu)
         istd = np.float64(inv_std[k])
         ak = np.float64(gamma[k]) * istd
         a[k] = ak
-        b[k] = -ak * istd * istd * sum_dy_xc[k] / count
-        c[k] = -ak * sum_dy[k] / count
-        dgamma[k] = sum_dy_xc[k] * istd
-        dbeta[k] = sum_dy[k]
+        b[k] = -ak * istd * istd * sum_dy_xc / count
+        c[k] = -ak * sum_dy / count
+        dgamma[k] = sum_dy_xc * istd
+        dbeta[k] = sum_dy
     # dx = a*dy + b*(x - mean) + c, with c = -a*mean(dy)
-    for s in range(m):
+    for s in prange(m):
         for k in range(f):
             xr = x3[s, k]
             gr = dy3[s, k]
@@ -441,17 +446,27 @@ def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
 
 
 # -- activations -----------------------------------------------------------------
-@_jit
+_BLOCK = 1 << 14  # elements per parallel task of an element-wise kernel
+
+
+@_jit(parallel=PARALLEL)
 def _relu_forward(x, y):
-    for e in range(x.size):
-        v = x[e]
-        y[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
+    for t in prange((x.size + _BLOCK - 1) // _BLOCK):
+        src = x[t * _BLOCK : (t + 1) * _BLOCK]
+        dst = y[t * _BLOCK : (t + 1) * _BLOCK]
+        for e in range(src.size):
+            v = src[e]
+            dst[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
 
 
-@_jit
+@_jit(parallel=PARALLEL)
 def _relu_backward(dy, y, dx):
-    for e in range(dy.size):
-        dx[e] = dy[e] if y[e] > 0 else 0  # as np.where: a NaN dy where y <= 0 does not pass
+    for t in prange((dy.size + _BLOCK - 1) // _BLOCK):
+        g = dy[t * _BLOCK : (t + 1) * _BLOCK]
+        out = y[t * _BLOCK : (t + 1) * _BLOCK]
+        dst = dx[t * _BLOCK : (t + 1) * _BLOCK]
+        for e in range(g.size):
+            dst[e] = g[e] if out[e] > 0 else g[e] * 0  # dy * (y > 0), so a NaN in dy stays NaN
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:

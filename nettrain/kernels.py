@@ -16,6 +16,7 @@ Padding is given as four ints ``(top, bottom, left, right)`` so that Keras/TF
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -41,7 +42,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     ``name`` again; the buffer only ever grows, so steady-state training allocates nothing.
     """
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = _SCRATCH.get((name, dtype))
     if buf is None or buf.size < size:
         buf = _SCRATCH[(name, dtype)] = np.empty(max(size, 1), dtype)
@@ -334,8 +335,8 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 
 
 def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dy where the output was positive, else 0."""
-    return np.where(y > 0, dy, dy.dtype.type(0))
+    """dy * (y > 0): the gradient where the output was positive, else 0 (NaN in dy stays NaN)."""
+    return np.multiply(dy, y > 0, dtype=dy.dtype)
 
 
 NUMPY = SimpleNamespace(

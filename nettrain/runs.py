@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +38,12 @@ TIME_COLUMNS = ("seconds", "img_per_s")
 def _write_error(path: Path, e: OSError) -> TrainingError:
     return TrainingError(f"{path}: cannot write ({e.strerror or e}); check that the output folder is writable "
                          "(set output.dir to another place) and the disk has space")
+
+
+# The temporary files of write_text_atomic, save_checkpoint and plot_curves; a killed
+# process leaves them behind, and the next run in the folder removes them.
+_TEMPORARY = re.compile(r"^\.(config\.yaml|summary\.json|metrics\.csv|metrics\.jsonl|last\.npz|best\.npz|curves)"
+                        r"\.\d+\.tmp(\.png)?$")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -108,6 +115,19 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.last.is_file()
 
+    def remove_temporaries(self) -> None:
+        """Delete half-written temporary files that a killed process left in the folder."""
+        for folder in (self.path, self.checkpoints):
+            try:
+                leftovers = [p for p in folder.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
+            except OSError:
+                continue
+            for p in leftovers:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
     # -- creation -----------------------------------------------------------
     @classmethod
     def create(cls, config_name: str, output_dir: str | Path | None = None, root: str | Path = "runs",
@@ -133,6 +153,7 @@ class RunDir:
         except OSError as e:
             raise TrainingError(f"{run.path}: cannot create the run folder ({e.strerror or e}); "
                                 "set output.dir (or output.root) to a writable place") from None
+        run.remove_temporaries()
         return run
 
     @classmethod
@@ -140,10 +161,12 @@ class RunDir:
         """An existing run folder to resume; it must hold ``checkpoints/last.npz``."""
         run = cls(path)
         if not run.path.is_dir():
-            raise TrainingError(f"{run.path}: no such run folder to resume")
+            raise TrainingError(f"{run.path}: no such run folder to resume; give the folder that "
+                                "nettrain train printed as its run folder")
         if not run.has_checkpoint():
             raise TrainingError(f"{run.path}: no checkpoints/last.npz to resume from "
                                 "(the run stopped before its first checkpoint; start it again without --resume)")
+        run.remove_temporaries()
         return run
 
 
@@ -176,6 +199,14 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _cut_back(path: Path, size: int) -> None:
+    """Truncate ``path`` to ``size`` bytes: a write that failed half-way (full disk) leaves no torn row."""
+    try:
+        os.truncate(path, size)
+    except OSError:
+        pass
+
+
 class MetricsLog:
     """``metrics.csv`` and ``metrics.jsonl``: one row per finished epoch."""
 
@@ -185,14 +216,18 @@ class MetricsLog:
 
     def _append(self, path: Path, text: str, header: str | None = None) -> None:
         try:
-            new = not path.exists() or path.stat().st_size == 0
+            size = path.stat().st_size if path.exists() else 0
+        except OSError as e:
+            raise _write_error(path, e) from None
+        try:
             with open(path, "a", encoding="utf-8", newline="") as f:
-                if new and header is not None:
+                if size == 0 and header is not None:
                     f.write(header)
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
+            _cut_back(path, size)
             raise _write_error(path, e) from None
 
     def _csv_line(self, values: Iterable[str]) -> str:

@@ -257,8 +257,12 @@ class Trainer:
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run.last)
         restore_model(ckpt, self.model)
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.schedule.load_state_dict(ckpt.schedule)
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.schedule.load_state_dict(ckpt.schedule)
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.run.last}: {e}; resume with the train.optimizer and train.schedule "
+                                  "it was saved with (see the run's config.yaml)") from None
         self.epoch, self.batch, self.global_step = ckpt.epoch, ckpt.batch, ckpt.global_step
         saved = ckpt.trainer_state
         self.state.update(saved.get("state", {}))

@@ -226,3 +226,13 @@ def test_model_spec_of_keeps_a_residual_without_activation():
                        "body": [{"type": "conv2d", "filters": 2, "kernel_size": 1}]}], [3, 3, 2])
     again = build_model(config_from_dict({"model": model_spec_of(model)}))
     assert again.layers[0].spec.activation is None
+
+
+def test_a_built_model_pickles_and_has_no_build_wrappers():
+    import pickle
+
+    model = build_model(load_config(ROOT / "configs" / "cifar_resnet.yaml"))
+    assert all("build" not in vars(layer) for _, layer in model.named_layers())
+    again = pickle.loads(pickle.dumps(model))
+    x = np.random.default_rng(1).standard_normal((2, *model.input_shape)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))

@@ -287,3 +287,14 @@ except RuntimeError as e:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "numba" in result.stdout
+
+
+def test_max_pool_window_wholly_in_padding_gets_minus_infinity_and_no_gradient():
+    g = kernels.ConvGeometry((1, 2, 2), (2, 2), (2, 2), (1, 1), (2, 0, 0, 0), (2, 1))
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    y, arg = fast.max_pool_forward(x, g)
+    y_ref, _ = kernels.max_pool_forward(x, g)
+    np.testing.assert_array_equal(y, y_ref)
+    assert y[0, 0, 0, 0] == -np.inf
+    dx = fast.max_pool_backward(np.ones_like(y), arg, g)
+    np.testing.assert_array_equal(dx, [[[[0, 0], [0, 1]]]])

@@ -1,0 +1,128 @@
+"""``nettrain bench``: the library call and the command, for 2 steps (no timing is asserted)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nettrain import fast
+from nettrain.bench import LayerTimer, benchmark, random_batch
+from nettrain.builder import build_model
+from nettrain.cli import app
+from nettrain.config import load_config
+
+SMALL_CNN = """
+name: tiny_cnn
+model:
+  input_shape: [10, 10, 2]
+  layers:
+    - {type: conv2d, filters: 4, kernel_size: 3, padding: same, use_bias: false}
+    - {type: batchnorm}
+    - {type: relu}
+    - type: residual
+      shortcut: projection
+      strides: 2
+      body:
+        - {type: conv2d, filters: 6, kernel_size: 3, strides: 2, padding: same}
+        - {type: relu}
+    - {type: maxpool2d, pool_size: 2}
+    - {type: flatten}
+    - {type: dropout, rate: 0.5}
+    - {type: dense, units: 3}
+train:
+  optimizer: {type: sgd, lr: 0.01, momentum: 0.9}
+  clip_grad_norm: 1.0
+"""
+
+SMALL_RNN = """
+model:
+  input_shape: [5, 4]
+  layers:
+    - {type: gru, units: 6, return_sequences: true}
+    - {type: dense, units: 3}
+train:
+  loss: mse
+"""
+
+
+@pytest.fixture
+def cnn_config(tmp_path) -> Path:
+    path = tmp_path / "tiny_cnn.yaml"
+    path.write_text(SMALL_CNN)
+    return path
+
+
+def test_benchmark_reports_throughput_memory_and_every_layer(cnn_config):
+    config = load_config(cnn_config)
+    result = benchmark(config, batch_size=4, steps=2, warmup=1)
+    for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert result["kernels"] == fast.kernel_path()
+    assert result["batch_size"] == 4 and result["steps"] == 2
+    model = build_model(config)
+    assert result["params"] == model.param_count()
+    names = [row["name"] for row in result["layers"]]
+    assert sorted(names) == sorted(path for path, _ in model.named_layers())
+    assert "residual_1.conv2d_2" in names and "residual_1.shortcut_conv" in names
+    totals = [row["total_ms"] for row in result["layers"]]
+    assert totals == sorted(totals, reverse=True)
+    assert sum(row["share"] for row in result["layers"]) == pytest.approx(1.0)
+    for row in result["layers"]:
+        assert row["forward_ms"] >= 0 and row["backward_ms"] >= 0
+        assert row["total_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"])
+
+
+def test_benchmark_trains_the_model_and_leaves_no_timers_behind(cnn_config):
+    config = load_config(cnn_config)
+    model = build_model(config)
+    timer = LayerTimer(model)
+    with timer.installed():
+        assert all("forward" in vars(layer) for _, layer in model.named_layers())
+    assert all("forward" not in vars(layer) and "backward" not in vars(layer) for _, layer in model.named_layers())
+
+
+def test_benchmark_handles_sequences_and_other_losses(tmp_path):
+    path = tmp_path / "rnn.yaml"
+    path.write_text(SMALL_RNN)
+    config = load_config(path)
+    result = benchmark(config, batch_size=3, steps=2, warmup=0)
+    assert result["train_img_per_s"] > 0
+    assert {row["type"] for row in result["layers"]} == {"gru", "dense"}
+    model = build_model(config)
+    x, y = random_batch(model, "mse", 3, np.random.default_rng(0))
+    assert x.shape == (3, 5, 4) and x.dtype == np.float32 and y.shape == (3, 5, 3)
+
+
+@pytest.mark.parametrize("use_fast", [False] + ([True] if fast.AVAILABLE else []))
+def test_kernel_path_is_chosen_and_restored(cnn_config, use_fast):
+    before = fast.enabled()
+    result = benchmark(load_config(cnn_config), batch_size=2, steps=2, warmup=0, use_fast=use_fast)
+    assert result["kernels"] == ("numba" if use_fast else "numpy")
+    assert fast.enabled() == before
+
+
+def test_bench_command_json(cnn_config):
+    result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "4", "--steps", "2",
+                                      "--warmup", "0", "--format", "json", "--no-fast"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kernels"] == "numpy" and report["config"] == "tiny_cnn"
+    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mb", "layers", "kernels"} <= set(report)
+
+
+def test_bench_command_table(cnn_config):
+    result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "2", "--steps", "2", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "img/s" in result.output and "peak memory" in result.output
+    assert "residual_1" in result.output and f"kernels: {fast.kernel_path()}" in result.output
+
+
+def test_bench_command_errors_are_one_line(cnn_config, tmp_path):
+    runner = CliRunner()
+    bad_format = runner.invoke(app, ["bench", str(cnn_config), "--format", "xml"])
+    assert bad_format.exit_code == 2 and "--format" in bad_format.output
+    missing = runner.invoke(app, ["bench", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output
+    assert "Traceback" not in bad_format.output + missing.output

@@ -1,0 +1,177 @@
+"""nettrain and PyTorch agree on the same networks with copied weights: outputs, gradients, BN statistics.
+
+The PyTorch twin is built by ``benchmarks/compare_torch.py``, so these tests
+also check the translation that the speed comparison relies on.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nettrain import fast  # noqa: E402
+from nettrain.builder import build_model  # noqa: E402
+from nettrain.config import load_config  # noqa: E402
+from nettrain.losses import build_loss  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import compare_torch  # noqa: E402
+
+RESNET_AND_STACK = """
+model:
+  input_shape: [12, 12, 3]
+  layers:
+    - {type: conv2d, filters: 8, kernel_size: 3, padding: same, use_bias: false}
+    - {type: batchnorm, momentum: 0.8}
+    - {type: relu}
+    - type: residual              # a ResNet basic block, identity shortcut
+      body:
+        - {type: conv2d, filters: 8, kernel_size: 3, padding: same, use_bias: false}
+        - {type: batchnorm}
+        - {type: relu}
+        - {type: conv2d, filters: 8, kernel_size: 3, padding: same, use_bias: false}
+        - {type: batchnorm}
+    - type: residual              # downsampling block, zero-padded shortcut (ResNet option A)
+      shortcut: zero_pad
+      body:
+        - {type: conv2d, filters: 12, kernel_size: 3, strides: 2, padding: same, use_bias: false}
+        - {type: batchnorm}
+        - {type: relu}
+        - {type: conv2d, filters: 12, kernel_size: 3, padding: same, use_bias: false}
+        - {type: batchnorm}
+    - type: residual              # projection shortcut
+      shortcut: projection
+      body:
+        - {type: conv2d, filters: 16, kernel_size: 3, padding: same}
+        - {type: relu}
+    - {type: maxpool2d, pool_size: 3, strides: 2}
+    - {type: conv2d, filters: 6, kernel_size: 2, strides: 1, padding: same, activation: relu}
+    - {type: avgpool2d, pool_size: 2}
+    - {type: flatten}
+    - {type: dense, units: 10, activation: tanh}
+    - {type: batchnorm}
+    - {type: dense, units: 4}
+"""
+
+ALEXNET_LIKE = """
+model:
+  input_shape: [20, 20, 3]
+  layers:
+    - {type: conv2d, filters: 6, kernel_size: 4, strides: 4, activation: relu}
+    - {type: maxpool2d, pool_size: 3, strides: 2, padding: same}
+    - {type: conv2d, filters: 5, kernel_size: 5, padding: 2, activation: elu}
+    - {type: global_avgpool2d}
+    - {type: dense, units: 3}
+"""
+
+RECURRENT = """
+model:
+  input_shape: [6, 5]
+  layers:
+    - {type: KIND, units: 7, return_sequences: true}
+    - {type: KIND, units: 4}
+    - {type: dense, units: 3}
+"""
+
+PATHS = [False] + ([True] if fast.AVAILABLE else [])
+
+
+def build_pair(tmp_path, text, seed=0):
+    path = tmp_path / "net.yaml"
+    path.write_text(text)
+    model = build_model(load_config(path), seed=seed)
+    net = compare_torch.torch_model(model)
+    return model, net
+
+
+def one_training_step(model, net, batch, seed):
+    """Forward in training mode, cross-entropy, backward in both; returns the two outputs."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
+    y = rng.integers(0, model.output_shape[-1], size=batch)
+    loss = build_loss("softmax_cross_entropy")
+    model.zero_grads()
+    out = model.forward(x, training=True)
+    loss.forward(out, y)
+    model.backward(loss.backward())
+    net.train()
+    net.zero_grad()
+    tout = net(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(tout, torch.from_numpy(y)).backward()
+    return out, tout.detach().numpy()
+
+
+def assert_gradients_agree(model, net):
+    grads = model.gradients()
+    checked = 0
+    for name, _, tensor, how in compare_torch.paired_arrays(model, net):
+        if name not in grads or not tensor.requires_grad:
+            continue
+        expect = tensor.grad.numpy()
+        got = grads[name].T if how == "T" else grads[name]
+        scale = max(1e-3, float(np.abs(expect).max()))
+        np.testing.assert_allclose(got, expect, rtol=1e-3, atol=2e-4 * scale, err_msg=name)
+        checked += 1
+    assert checked == len(grads)
+
+
+def assert_buffers_agree(model, net):
+    buffers = model.buffers()
+    for name, _, tensor, _ in compare_torch.paired_arrays(model, net):
+        if name in buffers:
+            np.testing.assert_allclose(buffers[name], tensor.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(params=PATHS, ids=lambda f: "numba" if f else "numpy")
+def kernel_path(request):
+    previous = fast.set_enabled(request.param) if fast.AVAILABLE else False
+    yield request.param
+    if fast.AVAILABLE:
+        fast.set_enabled(previous)
+
+
+@pytest.mark.parametrize("text", [RESNET_AND_STACK, ALEXNET_LIKE], ids=["resnet_stack", "alexnet_like"])
+def test_outputs_gradients_and_statistics_match_torch(tmp_path, kernel_path, text):
+    model, net = build_pair(tmp_path, text)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert trainable == model.param_count()
+    out, tout = one_training_step(model, net, batch=6, seed=1)
+    np.testing.assert_allclose(out, tout, rtol=1e-4, atol=1e-4)
+    assert_gradients_agree(model, net)
+    assert_buffers_agree(model, net)  # running statistics moved the same way (momentum converted)
+    x = np.random.default_rng(2).standard_normal((5, *model.input_shape)).astype(np.float32)
+    net.eval()
+    with torch.no_grad():
+        expect = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x, training=False), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_recurrent_networks_match_torch(tmp_path, kind):
+    model, net = build_pair(tmp_path, RECURRENT.replace("KIND", kind))
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == model.param_count()
+    out, tout = one_training_step(model, net, batch=4, seed=3)
+    np.testing.assert_allclose(out, tout, rtol=1e-4, atol=1e-5)
+    assert_gradients_agree(model, net)
+
+
+def test_optimizer_steps_match_torch(tmp_path):
+    model, net = build_pair(tmp_path, ALEXNET_LIKE + "train:\n  optimizer: {type: sgd, lr: 0.1, momentum: 0.9, "
+                                                     "weight_decay: 0.01, decay_bias_and_norm: false}\n")
+    config = load_config(tmp_path / "net.yaml")
+    from nettrain.optimizers import build_optimizer
+
+    ours = build_optimizer(config.train.optimizer, model.parameters())
+    theirs = compare_torch.torch_optimizer(config.train, model, net)
+    for step in range(2):
+        one_training_step(model, net, batch=4, seed=10 + step)
+        ours.step(model.parameters(), model.gradients())
+        theirs.step()
+    params = model.parameters()
+    for name, _, tensor, how in compare_torch.paired_arrays(model, net):
+        if name in params:
+            got = params[name].T if how == "T" else params[name]
+            np.testing.assert_allclose(got, tensor.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
