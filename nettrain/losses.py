@@ -22,7 +22,7 @@ from .errors import ConfigError, DataError
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SoftmaxCrossEntropySpec(_Spec):

@@ -33,7 +33,7 @@ from .errors import CheckpointError, ConfigError
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.1, ge=0, le=1)

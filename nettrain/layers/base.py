@@ -19,10 +19,10 @@ batch axis: images are ``(C, H, W)``, sequences ``(T, F)``, vectors ``(F,)``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import ShapeError
 
@@ -31,12 +31,39 @@ Shape = tuple[int, ...]
 REGISTRY: dict[str, type["Layer"]] = {}
 
 
+def _accepts_bool(annotation) -> bool:
+    if annotation is bool:
+        return True
+    return any(_accepts_bool(arg) for arg in get_args(annotation))
+
+
+class _Boolean:
+    """Stands in for a boolean given where a number belongs, so validation reports it as such."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{str(self.value).lower()} (a boolean)"
+
+
 class LayerSpec(BaseModel):
     """Fields common to every layer spec; subclasses add ``type`` and their own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data):
+        # pydantic's lax mode reads `units: true` as 1; a boolean is never a size
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    data = {**data, key: _Boolean(value)}  # fails the field's own check, at its own path
+        return data
 
 
 def register(cls: type["Layer"]) -> type["Layer"]:
