@@ -11,6 +11,7 @@ inside a residual body), the file, line and YAML path it came from.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections import Counter
 from typing import Callable
@@ -82,21 +83,36 @@ def _locate_build(layer: Layer, index: str, where: str) -> None:
     build = layer.build
 
     def located_build(in_shape, rng):
+        def located(detail: str) -> ShapeError:
+            error = ShapeError(f"{where}: layer {index} '{layer.name}' ({layer.type_name}) "
+                               f"on input {format_shape(tuple(in_shape))}: {detail}")
+            error.located = True
+            return error
+
         try:
             return build(in_shape, rng)
         except ShapeError as e:
             if getattr(e, "located", False):
                 raise
-            detail = _strip_layer_prefix(str(e), layer)
-            error = ShapeError(
-                f"{where}: layer {index} '{layer.name}' ({layer.type_name}) on input {format_shape(tuple(in_shape))}: {detail}"
-            )
-            error.located = True
-            error.layer_index = index
-            error.layer_name = layer.name
-            raise error from None
+            raise located(_strip_layer_prefix(str(e), layer)) from None
+        except MemoryError as e:
+            raise located(f"{_array_size(e)}the layer does not fit in memory; "
+                          "lower its units or filters, or use a smaller input") from None
+        except ValueError as e:  # NumPy: more bytes than an address space holds
+            if "too big" not in str(e) and "maximum supported dimension" not in str(e):
+                raise
+            raise located("the layer does not fit in memory; lower its units or filters, or use a smaller input") from None
 
     layer.build = located_build
+
+
+def _array_size(error: MemoryError) -> str:
+    """``needs a 600 x 10000000 float32 array (24.0 GB): `` from NumPy's allocation error, if it says."""
+    shape, dtype = getattr(error, "shape", None), getattr(error, "dtype", None)
+    if shape is None or dtype is None:
+        return ""
+    size = math.prod(shape) * dtype.itemsize
+    return f"needs a {' x '.join(map(str, shape))} {dtype} array ({size / 1e9:,.1f} GB): "
 
 
 def make_layers(specs: list[LayerSpec], locate: Callable[[Path], str] = format_path,

@@ -236,3 +236,12 @@ def test_a_built_model_pickles_and_has_no_build_wrappers():
     again = pickle.loads(pickle.dumps(model))
     x = np.random.default_rng(1).standard_normal((2, *model.input_shape)).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
+
+
+def test_a_layer_too_large_for_memory_is_a_shape_error_naming_it():
+    text = "model:\n  input_shape: [8, 8, 1]\n  layers:\n    - {type: flatten}\n    - {type: dense, units: 100000000000000}\n"
+    with pytest.raises(ShapeError) as info:
+        build_model(parse_config(text, "big.yaml"))
+    message = str(info.value)
+    assert message.startswith("big.yaml:5: model.layers[1]: layer 2 'dense_1' (dense) on input 64: ")
+    assert "does not fit in memory; lower its units or filters" in message

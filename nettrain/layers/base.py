@@ -173,7 +173,7 @@ class Layer:
 
     def get_config(self) -> dict[str, Any]:
         """The spec as a plain dict that validates back to the same spec."""
-        return self.spec.model_dump(mode="json", exclude_none=True)
+        return self.spec.model_dump(mode="json")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, out_shape={self.out_shape})"
