@@ -6,6 +6,7 @@ as one line on stderr and exits with its exit code (2), never a traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -409,7 +410,23 @@ def _usage(message: str):
     return NettrainError(message)
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads() -> None:
+    """One BLAS thread unless the user sets one of the variables (or NETTRAIN_THREADS).
+
+    Measured on a shared 2-core machine: OpenBLAS's spinning worker threads turned a 48 s
+    quickstart run into 7 minutes when other processes competed for the cores. It must run
+    before NumPy is imported, which is why the CLI imports NumPy lazily.
+    """
+    threads = os.environ.get("NETTRAIN_THREADS", "1")
+    for var in BLAS_THREAD_VARIABLES:
+        os.environ.setdefault(var, threads)
+
+
 def main() -> None:
+    limit_blas_threads()
     app()
 
 
