@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .runs import replace_atomically
 from .errors import CheckpointError
 
 FORMAT = "nettrain-checkpoint"
@@ -142,19 +143,10 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """
     path = Path(path)
     arrays = checkpoint_arrays(ckpt)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, lambda f: np.savez(f, **arrays), binary=True)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         reason = e.strerror or str(e)
         raise CheckpointError(f"{path}: cannot write checkpoint ({reason}); check that the folder is writable "
                               "and the disk has space") from None

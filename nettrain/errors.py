@@ -23,6 +23,18 @@ class ConfigError(NettrainError):
         super().__init__(message)
 
 
+def validate_spec(adapter, value, where: str):
+    """Validate ``value`` with a pydantic TypeAdapter over a tagged union; ConfigError names ``where``."""
+    from pydantic import ValidationError
+
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as e:
+        # loc[0] is the union member's tag; the rest is the field path inside it
+        problems = [f"{'.'.join(map(str, [where, *err['loc'][1:]]))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(problems[0], problems) from None
+
+
 class ShapeError(NettrainError):
     """A layer cannot be built on its input shape."""
 

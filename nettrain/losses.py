@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
-from .errors import ConfigError, DataError
+from .errors import DataError, validate_spec
 
 
 class _Spec(BaseModel):
@@ -59,12 +59,7 @@ _LOSS_ADAPTER = TypeAdapter(LossSpec)
 
 def parse_loss(value, where: str = "loss") -> LossSpec:
     """Validate a loss given as a name, a mapping or a spec; ConfigError names ``where``."""
-    try:
-        return _LOSS_ADAPTER.validate_python(value)
-    except ValidationError as e:
-        # loc[0] is the union member's tag; the rest is the field path inside it.
-        problems = [f"{'.'.join(map(str, [where, *err['loc'][1:]]))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(problems[0], problems) from None
+    return validate_spec(_LOSS_ADAPTER, value, where)
 
 
 # -- helpers shared by the losses and the metrics ----------------------------

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, validate_spec
 
 # Parameters that L2 decay should leave alone when ``decay_bias_and_norm: false``:
 # shrinking a bias or a BatchNorm scale/shift toward zero does not regularise anything.
@@ -81,12 +81,7 @@ _OPTIMIZER_ADAPTER = TypeAdapter(OptimizerSpec)
 
 def parse_optimizer(value, where: str = "optimizer") -> OptimizerSpec:
     """Validate an optimizer given as a name, a mapping or a spec; ConfigError names ``where``."""
-    try:
-        return _OPTIMIZER_ADAPTER.validate_python(value)
-    except ValidationError as e:
-        # loc[0] is the union member's tag; the rest is the field path inside it.
-        problems = [f"{'.'.join(map(str, [where, *err['loc'][1:]]))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(problems[0], problems) from None
+    return validate_spec(_OPTIMIZER_ADAPTER, value, where)
 
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:

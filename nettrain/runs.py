@@ -46,22 +46,34 @@ _TEMPORARY = re.compile(r"^\.(config\.yaml|summary\.json|metrics\.csv|metrics\.j
                         r"\.\d+\.tmp(\.png)?$")
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` via a temporary file in the same folder."""
+def replace_atomically(path: str | Path, write, binary: bool = False) -> None:
+    """Write ``path`` by ``write(file)`` into a temporary file in the same folder, fsync, ``os.replace``.
+
+    A crash leaves the old file or the new one, never a mix. On OSError the temporary file is
+    removed and the error re-raised for the caller to word.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except OSError:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise _write_error(path, e) from None
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` via a temporary file in the same folder."""
+    try:
+        replace_atomically(path, lambda f: f.write(text))
+    except OSError as e:
+        raise _write_error(Path(path), e) from None
 
 
 def timestamp(now: datetime | None = None) -> str:

@@ -25,11 +25,10 @@ from pydantic import (
     Field,
     PositiveInt,
     TypeAdapter,
-    ValidationError,
     field_validator,
 )
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, validate_spec
 
 
 class _Spec(BaseModel):
@@ -114,12 +113,7 @@ _SCHEDULE_ADAPTER = TypeAdapter(ScheduleSpec)
 
 def parse_schedule(value, where: str = "schedule") -> ScheduleSpec:
     """Validate a schedule given as None (constant), a name, a mapping or a spec."""
-    try:
-        return _SCHEDULE_ADAPTER.validate_python(ConstantSpec() if value is None else value)
-    except ValidationError as e:
-        # loc[0] is the union member's tag; the rest is the field path inside it.
-        problems = [f"{'.'.join(map(str, [where, *err['loc'][1:]]))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(problems[0], problems) from None
+    return validate_spec(_SCHEDULE_ADAPTER, ConstantSpec() if value is None else value, where)
 
 
 class Schedule:
