@@ -172,7 +172,7 @@ def benchmark(
     config,
     batch_size: int = 128,
     steps: int = 10,
-    warmup: int = 2,
+    warmup: int = 3,
     use_fast: bool | None = None,
     layer_steps: int | None = None,
     seed: int = 0,

@@ -351,7 +351,7 @@ def bench(
     config: Path = typer.Argument(..., help="the YAML config whose model to time"),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="images per step"),
     steps: int = typer.Option(10, "--steps", min=1, help="timed steps"),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="untimed steps first"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="untimed steps first"),
     format: str = typer.Option("table", "--format", help="table or json"),
     use_fast: Optional[bool] = typer.Option(None, "--fast/--no-fast",
                                             help="compiled (numba) or NumPy kernels; default: numba when installed"),

@@ -24,10 +24,9 @@ from .kernels import ConvGeometry
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import njit
 except ImportError:  # the reference kernels run instead
     numba = None
-    prange = range
 
 AVAILABLE = numba is not None
 _state = {"enabled": AVAILABLE and os.environ.get("NETTRAIN_FAST", "1").strip() not in ("0", "false", "no", "off")}
@@ -56,21 +55,19 @@ def kernel_path() -> str:
 
 
 def _jit(fn=None, **options):
-    """``numba.njit(cache=True)`` when numba is installed; otherwise the plain function."""
+    """``numba.njit(cache=True, nogil=True)`` when numba is installed; otherwise the plain function."""
     if fn is None:
         return lambda f: _jit(f, **options)
     if numba is None:
         return fn
-    # the on-disk cache does not key on the parallel flag, so parallel builds are never cached
-    return njit(cache=not options.get("parallel", False), **options)(fn)
+    return njit(cache=True, nogil=True, **options)(fn)
 
 
 _FAST_SUMS = {"reassoc", "contract"}  # let reductions vectorise; NaN and inf still propagate
 
-# Kernels are written with prange but compiled serial unless NETTRAIN_FAST_PARALLEL=1: the BLAS
-# already keeps every core busy in the GEMMs, and on a shared machine two spinning thread pools
-# (BLAS and numba) fighting for the same cores cost far more than the parallel copies win.
-PARALLEL = os.environ.get("NETTRAIN_FAST_PARALLEL", "0").strip() == "1"
+# The kernels are serial and release the GIL: a convolution runs its batch chunks on a few
+# Python threads (see nettrain.kernels.run_on_chunks). numba's own parallel loops were tried
+# and dropped: next to the BLAS's threads their barriers collapse on a busy machine.
 
 
 # -- convolution -----------------------------------------------------------------
@@ -85,96 +82,106 @@ def _valid_range(out: int, k: int, stride: int, dilation: int, pad_before: int, 
     return lo, hi
 
 
-@_jit(parallel=PARALLEL)
+# The copy loops index with unsigned integers: numba then drops its negative-index
+# wraparound and LLVM vectorises them. Every offset passed in is non-negative.
+@_jit(inline="always")
+def _zero(a, start, stop):
+    """a[start:stop] = 0."""
+    base = np.uint64(start)
+    for e in range(np.uint64(max(stop - start, 0))):
+        a[base + e] = 0
+
+
+@_jit(inline="always")
+def _copy(src, src_start, step, dst, dst_start, length):
+    """dst[dst_start:dst_start + length] = src[src_start::step][:length]."""
+    s0, d0 = np.uint64(src_start), np.uint64(dst_start)
+    if step == 1:
+        for e in range(np.uint64(length)):
+            dst[d0 + e] = src[s0 + e]
+    else:
+        st = np.uint64(step)
+        for e in range(np.uint64(length)):
+            dst[d0 + e] = src[s0 + e * st]
+
+
+@_jit(inline="always")
+def _add(src, src_start, dst, dst_start, step, length):
+    """dst[dst_start::step][:length] += src[src_start:src_start + length]."""
+    s0, d0 = np.uint64(src_start), np.uint64(dst_start)
+    if step == 1:
+        for e in range(np.uint64(length)):
+            dst[d0 + e] += src[s0 + e]
+    else:
+        st = np.uint64(step)
+        for e in range(np.uint64(length)):
+            dst[d0 + e * st] += src[s0 + e]
+
+
+@_jit
 def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
     n, c_in, h, w = x.shape
     p = oh * ow
-    m = n * p
     xf = x.reshape(-1)
     # with stride 1 and as many output as input columns, consecutive rows are
     # adjacent in both arrays: one long copy, then zero the wrapped edge cells
     runs = sh == 1 and sw == 1 and ow == w
-    for r in prange(c_in * kh * kw):
+    for r in range(c_in * kh * kw):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
         alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
         blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+        edges = blo > 0 or bhi < ow
         cr = cols[r]
         for s in range(n):
             ob = s * p
-            cr[ob : ob + alo * ow] = 0
-            cr[ob + ahi * ow : ob + p] = 0
+            _zero(cr, ob, ob + alo * ow)
+            _zero(cr, ob + ahi * ow, ob + p)
             if alo >= ahi:
                 continue
             qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
             if runs:
-                o0 = ob + alo * ow + blo
-                length = (ahi - alo - 1) * ow + bhi - blo
-                dst = cr[o0 : o0 + length]
-                src = xf[qb : qb + length]
-                for e in range(length):
-                    dst[e] = src[e]
-                for a in range(alo, ahi):
-                    row = cr[ob + a * ow : ob + (a + 1) * ow]
-                    row[:blo] = 0
-                    row[bhi:] = 0
-                continue
+                _copy(xf, qb, 1, cr, ob + alo * ow + blo, (ahi - alo - 1) * ow + bhi - blo)
             for a in range(alo, ahi):
-                row = cr[ob + a * ow : ob + (a + 1) * ow]
-                row[:blo] = 0
-                row[bhi:] = 0
-                dst = row[blo:bhi]
-                q = qb + (a - alo) * sh * w
-                if sw == 1:
-                    src = xf[q : q + bhi - blo]
-                else:
-                    src = xf[q : q + sw * (bhi - blo - 1) + 1 : sw]
-                for e in range(bhi - blo):
-                    dst[e] = src[e]
+                o = ob + a * ow
+                if edges:
+                    _zero(cr, o, o + blo)
+                    _zero(cr, o + bhi, o + ow)
+                if not runs:
+                    _copy(xf, qb + (a - alo) * sh * w, sw, cr, o + blo, bhi - blo)
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _col2im(cols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
     n, c_in, h, w = dx.shape
     p = oh * ow
     runs = sh == 1 and sw == 1 and ow == w
     # one image plane per task: all kh*kw rows of channel c add into dx[s, c], nothing else does
-    for t in prange(n * c_in):
+    for t in range(n * c_in):
         s = t // c_in
         c = t % c_in
         plane = dx[s, c].reshape(-1)
-        plane[:] = 0
+        _zero(plane, 0, h * w)
         for i in range(kh):
             alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
             if alo >= ahi:
                 continue
             for j in range(kw):
                 blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
-                cr = cols[(c * kh + i) * kw + j, s * p : (s + 1) * p]
+                cr = cols[(c * kh + i) * kw + j]
+                ob = s * p
                 qb = (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
                 if runs:
-                    # cells that read padding must add nothing: zero them in the (scratch) columns
-                    for a in range(alo, ahi):
-                        row = cr[a * ow : (a + 1) * ow]
-                        row[:blo] = 0
-                        row[bhi:] = 0
-                    o0 = alo * ow + blo
-                    length = (ahi - alo - 1) * ow + bhi - blo
-                    dst = plane[qb : qb + length]
-                    src = cr[o0 : o0 + length]
-                    for e in range(length):
-                        dst[e] += src[e]
+                    if blo > 0 or bhi < ow:
+                        # cells that read padding must add nothing: zero them in the (scratch) columns
+                        for a in range(alo, ahi):
+                            _zero(cr, ob + a * ow, ob + a * ow + blo)
+                            _zero(cr, ob + a * ow + bhi, ob + (a + 1) * ow)
+                    _add(cr, ob + alo * ow + blo, plane, qb, 1, (ahi - alo - 1) * ow + bhi - blo)
                     continue
                 for a in range(alo, ahi):
-                    src = cr[a * ow + blo : a * ow + bhi]
-                    q = qb + (a - alo) * sh * w
-                    if sw == 1:
-                        dst = plane[q : q + bhi - blo]
-                    else:
-                        dst = plane[q : q + sw * (bhi - blo - 1) + 1 : sw]
-                    for e in range(bhi - blo):
-                        dst[e] += src[e]
+                    _add(cr, ob + a * ow + blo, plane, qb + (a - alo) * sh * w, sw, bhi - blo)
 
 
 def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
@@ -192,10 +199,10 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _samples_major(z, bias, use_bias, out):
     n, f, p = out.shape
-    for t in prange(n * f):
+    for t in range(n * f):
         s = t // f
         k = t % f
         src = z[k, s * p : (s + 1) * p]
@@ -205,10 +212,10 @@ def _samples_major(z, bias, use_bias, out):
             dst[e] = src[e] + b
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _channels_major(y, out):
     n, f, p = y.shape
-    for t in prange(n * f):
+    for t in range(n * f):
         k = t // n
         s = t % n
         src = y[s, k]
@@ -231,11 +238,11 @@ def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 # -- pooling ---------------------------------------------------------------------
-@_jit(parallel=PARALLEL)
+@_jit
 def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
     n, c_in, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for t in prange(n * c_in):
+    for t in range(n * c_in):
         s = t // c_in
         c = t % c_in
         img = x[s, c]
@@ -264,11 +271,11 @@ def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
                 arg[s, c, a, b] = (best_r - a * sh + pt) * pw + best_q - b * sw + pl
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _max_pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, dx):
     n, c_in, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    for t in prange(n * c_in):
+    for t in range(n * c_in):
         s = t // c_in
         c = t % c_in
         img = dx[s, c]
@@ -281,11 +288,11 @@ def _max_pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, dx):
                 img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[s, c, a, b]
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
     n, c_in, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for t in prange(n * c_in):
+    for t in range(n * c_in):
         s = t // c_in
         c = t % c_in
         img = x[s, c]
@@ -302,11 +309,11 @@ def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
                 y[s, c, a, b] = total * inv_count[a, b]
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, inv_count, dx):
     n, c_in, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    for t in prange(n * c_in):
+    for t in range(n * c_in):
         s = t // c_in
         c = t % c_in
         img = dx[s, c]
@@ -351,11 +358,11 @@ def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) ->
 
 
 # -- batch normalisation ---------------------------------------------------------
-@_jit(parallel=PARALLEL, fastmath=_FAST_SUMS)
+@_jit(fastmath=_FAST_SUMS)
 def _batchnorm_sums(x3, mean_out, var_out):
     m, f, p = x3.shape
     count = m * p
-    for k in prange(f):
+    for k in range(f):
         total = 0.0
         squares = 0.0
         for s in range(m):
@@ -370,10 +377,10 @@ def _batchnorm_sums(x3, mean_out, var_out):
         var_out[k] = max(squares / count - mu * mu, 0.0)
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _batchnorm_affine(x3, scale, shift, y3):
     m, f, p = x3.shape
-    for s in prange(m):
+    for s in range(m):
         for k in range(f):
             src = x3[s, k]
             dst = y3[s, k]
@@ -383,14 +390,14 @@ def _batchnorm_affine(x3, scale, shift, y3):
                 dst[e] = src[e] * a + b
 
 
-@_jit(parallel=PARALLEL, fastmath=_FAST_SUMS)
+@_jit(fastmath=_FAST_SUMS)
 def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
     m, f, p = x3.shape
     count = m * p
     a = np.empty(f, x3.dtype)
     b = np.empty(f, x3.dtype)
     c = np.empty(f, x3.dtype)
-    for k in prange(f):
+    for k in range(f):
         mu = np.float64(mean[k])
         sum_dy = 0.0
         sum_dy_xc = 0.0
@@ -409,7 +416,7 @@ def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
         dgamma[k] = sum_dy_xc * istd
         dbeta[k] = sum_dy
     # dx = a*dy + b*(x - mean) + c, with c = -a*mean(dy)
-    for s in prange(m):
+    for s in range(m):
         for k in range(f):
             xr = x3[s, k]
             gr = dy3[s, k]
@@ -449,9 +456,9 @@ def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
 _BLOCK = 1 << 14  # elements per parallel task of an element-wise kernel
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _relu_forward(x, y):
-    for t in prange((x.size + _BLOCK - 1) // _BLOCK):
+    for t in range((x.size + _BLOCK - 1) // _BLOCK):
         src = x[t * _BLOCK : (t + 1) * _BLOCK]
         dst = y[t * _BLOCK : (t + 1) * _BLOCK]
         for e in range(src.size):
@@ -459,9 +466,9 @@ def _relu_forward(x, y):
             dst[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
 
 
-@_jit(parallel=PARALLEL)
+@_jit
 def _relu_backward(dy, y, dx):
-    for t in prange((dy.size + _BLOCK - 1) // _BLOCK):
+    for t in range((dy.size + _BLOCK - 1) // _BLOCK):
         g = dy[t * _BLOCK : (t + 1) * _BLOCK]
         out = y[t * _BLOCK : (t + 1) * _BLOCK]
         dst = dx[t * _BLOCK : (t + 1) * _BLOCK]

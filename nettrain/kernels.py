@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Iterator
@@ -28,30 +30,121 @@ Pad4 = tuple[int, int, int, int]
 
 # Bytes of column matrix per batch chunk: small enough to stay in L2/L3 between
 # im2col and the GEMMs, large enough that each GEMM call is worth its overhead.
-CHUNK_BYTES = int(os.environ.get("NETTRAIN_CHUNK_BYTES", 2 << 20))
+CHUNK_BYTES = int(os.environ.get("NETTRAIN_CHUNK_BYTES", 4 << 20))
 
 
 # -- scratch buffers -------------------------------------------------------------
-_SCRATCH: dict[tuple[str, np.dtype], np.ndarray] = {}
+_SCRATCH: dict[tuple[int, str, np.dtype], np.ndarray] = {}
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A reusable uninitialised work array; the same ``name`` hands out the same memory.
 
     Callers must be done with one ``scratch(name, ...)`` array before asking for
-    ``name`` again; the buffer only ever grows, so steady-state training allocates nothing.
+    ``name`` again. Each thread has its own buffers, and a buffer only ever grows,
+    so steady-state training allocates nothing.
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape)
-    buf = _SCRATCH.get((name, dtype))
+    key = (threading.get_ident(), name, dtype)
+    buf = _SCRATCH.get(key)
     if buf is None or buf.size < size:
-        buf = _SCRATCH[(name, dtype)] = np.empty(max(size, 1), dtype)
+        buf = _SCRATCH[key] = np.empty(max(size, 1), dtype)
     return buf[:size].reshape(shape)
 
 
 def release_scratch() -> None:
     """Free every scratch buffer (they are recreated on demand)."""
     _SCRATCH.clear()
+
+
+# -- threads ---------------------------------------------------------------------
+# A convolution's batch chunks are independent, so they run on a small pool of
+# threads, each doing im2col, its GEMMs and col2im on its own chunks with a
+# single-threaded BLAS call. NumPy, the BLAS and the compiled kernels all release
+# the GIL, so the copies run in parallel too, and no thread ever waits at a
+# barrier inside a GEMM: on a busy machine that matters more than anything else.
+
+
+class BlasThreads:
+    """Reads and sets the thread count of the OpenBLAS that NumPy loaded (Linux; else inert)."""
+
+    SYMBOLS = ("openblas_{}_num_threads", "openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads64_",
+               "scipy_openblas_{}_num_threads")
+
+    def __init__(self):
+        self._get = self._set = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+            for path in sorted(paths):
+                lib = ctypes.CDLL(path)
+                for pattern in self.SYMBOLS:
+                    if hasattr(lib, pattern.format("get")) and hasattr(lib, pattern.format("set")):
+                        self._get, self._set = getattr(lib, pattern.format("get")), getattr(lib, pattern.format("set"))
+                        self._get.restype = ctypes.c_int
+                        self._set.argtypes = [ctypes.c_int64 if "64" in pattern else ctypes.c_int]
+                        return
+        except (OSError, AttributeError):
+            pass
+
+    @property
+    def controllable(self) -> bool:
+        return self._get is not None
+
+    def get(self) -> int:
+        return int(self._get()) if self._get is not None else 1
+
+    def set(self, n: int) -> None:
+        if self._set is not None:
+            self._set(n)
+
+
+_BLAS: BlasThreads | None = None
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def blas() -> BlasThreads:
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = BlasThreads()
+    return _BLAS
+
+
+def chunk_workers() -> int:
+    """Threads for batch chunks: the BLAS's own thread count when it can be set to 1 meanwhile, else 1.
+
+    ``NETTRAIN_THREADS`` overrides it.
+    """
+    forced = os.environ.get("NETTRAIN_THREADS", "").strip()
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
+    b = blas()
+    return max(1, b.get()) if b.controllable else 1
+
+
+def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
+    """Call ``work(worker_index, its_chunks)`` for ``workers`` interleaved shares of ``chunks``.
+
+    With more than one worker the BLAS is single-threaded meanwhile (see above).
+    """
+    workers = max(1, min(workers, len(chunks)))
+    if workers == 1:
+        work(0, chunks)
+        return
+    b = blas()
+    before = b.get()
+    pool = _POOL.get(workers)
+    if pool is None:
+        pool = _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="nettrain-chunks")
+    b.set(1)
+    try:
+        for future in [pool.submit(work, k, chunks[k::workers]) for k in range(workers)]:
+            future.result()
+    finally:
+        b.set(before)
 
 
 # -- geometry --------------------------------------------------------------------
@@ -180,10 +273,14 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     n, f = x.shape[0], kernel.shape[0]
     w2 = kernel.reshape(f, -1)
     y = np.empty((n, f, g.pixels), dtype=x.dtype)
-    for n0, n1 in batch_chunks(n, g.rows * g.pixels * x.itemsize):
-        cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, (n1 - n0) * g.pixels), x.dtype))
-        z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
-        ops.samples_major(z, bias, y[n0:n1])
+
+    def work(_, chunks):
+        for n0, n1 in chunks:
+            cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, (n1 - n0) * g.pixels), x.dtype))
+            z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
+            ops.samples_major(z, bias, y[n0:n1])
+
+    run_on_chunks(work, list(batch_chunks(n, g.rows * g.pixels * x.itemsize)), chunk_workers())
     return y.reshape(n, f, *g.out_hw)
 
 
@@ -197,80 +294,133 @@ def conv2d_backward(
     ops = ops or NUMPY
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
-    dw = np.zeros((f, g.rows), dtype=x.dtype)
-    db = np.zeros(f, dtype=x.dtype) if with_bias else None
-    part = np.empty_like(dw)
     dx = np.empty_like(x)
     dy3 = dy.reshape(n, f, g.pixels)
-    for n0, n1 in batch_chunks(n, g.rows * g.pixels * x.itemsize):
-        m = (n1 - n0) * g.pixels
-        cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
-        dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
-        dw += np.matmul(dz, cols.T, out=part)
-        if db is not None:
-            db += dz.sum(axis=1)
-        dcols = np.matmul(w2t, dz, out=cols)
-        ops.col2im(dcols, g, dx[n0:n1])
-    return dx, dw.reshape(kernel.shape), db
+    workers = chunk_workers()
+    dws = np.zeros((workers, f, g.rows), dtype=x.dtype)  # one partial sum per worker
+    dbs = np.zeros((workers, f), dtype=x.dtype)
+
+    def work(k, chunks):
+        part = np.empty((f, g.rows), dtype=x.dtype)
+        for n0, n1 in chunks:
+            m = (n1 - n0) * g.pixels
+            cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
+            dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
+            dws[k] += np.matmul(dz, cols.T, out=part)
+            if with_bias:
+                dbs[k] += dz.sum(axis=1)
+            dcols = np.matmul(w2t, dz, out=cols)
+            ops.col2im(dcols, g, dx[n0:n1])
+
+    run_on_chunks(work, list(batch_chunks(n, g.rows * g.pixels * x.itemsize)), workers)
+    return dx, dws.sum(axis=0).reshape(kernel.shape), dbs.sum(axis=0) if with_bias else None
 
 
 # -- pooling ---------------------------------------------------------------------
+# Pooling windows are a few cells wide, so NumPy would run its inner loops over a
+# handful of elements. The reference kernels therefore move the images to the last
+# axis first, (N, C, H, W) -> (H, W, N*C): every window op then runs over N*C
+# contiguous values, and the two transposing copies cost less than they save.
+
+
+def images_last(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> contiguous (H, W, N*C)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n * c, h, w).transpose(1, 2, 0))
+
+
+def images_first(t: np.ndarray, n: int, c: int) -> np.ndarray:
+    """(H, W, N*C) -> contiguous (N, C, H, W)."""
+    h, w, _ = t.shape
+    return np.ascontiguousarray(t.transpose(2, 0, 1)).reshape(n, c, h, w)
+
+
+def pad_last(t: np.ndarray, pad: Pad4, value: float = 0.0) -> np.ndarray:
+    """(H, W, M) -> (H+top+bottom, W+left+right, M), the border filled with ``value``."""
+    if not any(pad):
+        return t
+    top, bottom, left, right = pad
+    h, w, m = t.shape
+    out = np.full((h + top + bottom, w + left + right, m), value, dtype=t.dtype)
+    out[top : top + h, left : left + w] = t
+    return out
+
+
+def window_last(tp: np.ndarray, i: int, j: int, stride, out_hw) -> np.ndarray:
+    """The (OH, OW, M) view of padded ``tp`` (Hp, Wp, M) seen by window offset (i, j)."""
+    sh, sw = stride
+    oh, ow = out_hw
+    return tp[i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+
+
+def unpad_last(tp: np.ndarray, pad: Pad4) -> np.ndarray:
+    top, bottom, left, right = pad
+    return tp[top : tp.shape[0] - bottom, left : tp.shape[1] - right]
+
+
 def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) -> (max (N, C, OH, OW), argmax offset i*pw + j (N, C, OH, OW) as int8/int32).
 
     Padding counts as -inf, so it never wins; ties go to the first offset in
     row-major order, as in PyTorch.
     """
+    n, c = x.shape[:2]
     ph, pw = g.kernel
-    xp = pad_images(x, g.pad, -np.inf) if any(g.pad) else x
-    best = window(xp, 0, 0, g.stride, (1, 1), g.out_hw).copy()
+    tp = pad_last(images_last(x), g.pad, -np.inf)
+    best = window_last(tp, 0, 0, g.stride, g.out_hw).copy()
     arg = np.zeros(best.shape, dtype=np.int8 if ph * pw < 128 else np.int32)
+    better = np.empty(best.shape, dtype=bool)
+    offset = np.empty_like(arg)
     for i in range(ph):
         for j in range(pw):
             if i == j == 0:
                 continue
-            cand = window(xp, i, j, g.stride, (1, 1), g.out_hw)
-            better = cand > best
-            np.copyto(best, cand, where=better)
-            np.copyto(arg, i * pw + j, where=better)
-    return best, arg
+            cand = window_last(tp, i, j, g.stride, g.out_hw)
+            np.greater(cand, best, out=better)
+            np.maximum(best, cand, out=best)
+            # offsets come in increasing order, so "k where better, else the old arg" is a max
+            np.multiply(better, i * pw + j, out=offset)
+            np.maximum(arg, offset, out=arg)
+    return images_first(best, n, c), images_first(arg, n, c)
 
 
 def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """Route each output gradient to the input position that won the max: -> (N, C, H, W)."""
-    ph, pw = g.kernel
     n, c = dy.shape[:2]
-    dxp = np.zeros((n, c, *g.padded_hw), dtype=dy.dtype)
+    ph, pw = g.kernel
+    dyt, argt = images_last(dy), images_last(arg)
+    dxp = np.zeros((*g.padded_hw, n * c), dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            win = window(dxp, i, j, g.stride, (1, 1), g.out_hw)
-            win += np.where(arg == i * pw + j, dy, dy.dtype.type(0))
-    return np.ascontiguousarray(unpad_images(dxp, g.pad)) if any(g.pad) else dxp
+            window_last(dxp, i, j, g.stride, g.out_hw)[...] += dyt * (argt == i * pw + j)
+    return images_first(unpad_last(dxp, g.pad), n, c)
 
 
 def avg_pool_forward(x: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     """Window means (N, C, H, W) -> (N, C, OH, OW); ``inv_count`` (OH, OW) is 1 / cells inside the image."""
+    n, c = x.shape[:2]
     ph, pw = g.kernel
-    xp = pad_images(x, g.pad) if any(g.pad) else x
-    total = window(xp, 0, 0, g.stride, (1, 1), g.out_hw).copy()
+    tp = pad_last(images_last(x), g.pad)
+    total = window_last(tp, 0, 0, g.stride, g.out_hw).copy()
     for i in range(ph):
         for j in range(pw):
             if i or j:
-                total += window(xp, i, j, g.stride, (1, 1), g.out_hw)
-    total *= inv_count
-    return total
+                total += window_last(tp, i, j, g.stride, g.out_hw)
+    total *= inv_count[:, :, None]
+    return images_first(total, n, c)
 
 
 def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     """Spread each output gradient evenly over the cells its window covered: -> (N, C, H, W)."""
-    ph, pw = g.kernel
     n, c = dy.shape[:2]
-    share = dy * inv_count
-    dxp = np.zeros((n, c, *g.padded_hw), dtype=dy.dtype)
+    ph, pw = g.kernel
+    share = images_last(dy)
+    share *= inv_count[:, :, None]
+    dxp = np.zeros((*g.padded_hw, n * c), dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            window(dxp, i, j, g.stride, (1, 1), g.out_hw)[...] += share
-    return np.ascontiguousarray(unpad_images(dxp, g.pad)) if any(g.pad) else dxp
+            window_last(dxp, i, j, g.stride, g.out_hw)[...] += share
+    return images_first(unpad_last(dxp, g.pad), n, c)
 
 
 def window_counts(g: ConvGeometry) -> np.ndarray:
