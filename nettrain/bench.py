@@ -86,7 +86,7 @@ class TrainStep:
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> float:
         loss = self.loss.forward(self.model.forward(x, training=True), y)
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)
         if self.clip:
             clip_grad_norm(self.grads, self.clip)
         self.optimizer.step(self.params, self.grads)

@@ -285,16 +285,17 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
 
 
 def conv2d_backward(
-    x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx, dkernel (F, C, kh, kw), dbias (F,) or None.
+    x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops=None,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None.
 
-    Per chunk: recompute the columns, dW += dY cols^T, dcols = W^T dY, col2im.
+    Per chunk: recompute the columns, dW += dY cols^T, then (if ``need_dx``) dcols = W^T dY, col2im.
     """
     ops = ops or NUMPY
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if need_dx else None
     dy3 = dy.reshape(n, f, g.pixels)
     workers = chunk_workers()
     dws = np.zeros((workers, f, g.rows), dtype=x.dtype)  # one partial sum per worker
@@ -309,8 +310,9 @@ def conv2d_backward(
             dws[k] += np.matmul(dz, cols.T, out=part)
             if with_bias:
                 dbs[k] += dz.sum(axis=1)
-            dcols = np.matmul(w2t, dz, out=cols)
-            ops.col2im(dcols, g, dx[n0:n1])
+            if need_dx:
+                dcols = np.matmul(w2t, dz, out=cols)
+                ops.col2im(dcols, g, dx[n0:n1])
 
     run_on_chunks(work, list(batch_chunks(n, g.rows * g.pixels * x.itemsize)), workers)
     return dx, dws.sum(axis=0).reshape(kernel.shape), dbs.sum(axis=0) if with_bias else None

@@ -45,8 +45,25 @@ class Model:
 
     __call__ = forward
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.net.backward(dy)
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Gradients of every layer from ``dy``; ``input_grad=False`` lets the first layer skip d/dx.
+
+        Training never needs the gradient with respect to the images, and for the first
+        convolution that is a GEMM and a col2im per step (PyTorch skips it too).
+        """
+        first = self.first_leaf()
+        first.input_grad = input_grad
+        try:
+            return self.net.backward(dy)
+        finally:
+            first.input_grad = True
+
+    def first_leaf(self) -> Layer:
+        """The layer that sees the model's input first (descending into plain sequences only)."""
+        layer: Layer = self.net
+        while isinstance(layer, Sequential) and layer.layers:
+            layer = layer.layers[0]
+        return layer
 
     def zero_grads(self) -> None:
         self.net.zero_grads()

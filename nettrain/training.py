@@ -375,7 +375,7 @@ class Trainer:
             self._nonfinite(f"non-finite loss ({loss})", self._first_nonfinite_layer(xb, snapshot), snapshot)
             return None
         acc = accuracy(logits, yb)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         grads = self.model.gradients()
         norm = global_norm(grads)
         if not math.isfinite(norm):

@@ -245,3 +245,27 @@ def test_a_layer_too_large_for_memory_is_a_shape_error_naming_it():
     message = str(info.value)
     assert message.startswith("big.yaml:5: model.layers[1]: layer 2 'dense_1' (dense) on input 64: ")
     assert "does not fit in memory; lower its units or filters" in message
+
+
+@pytest.mark.parametrize("first", [
+    {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+    {"type": "dense", "units": 5, "activation": "relu"},
+])
+def test_backward_without_input_grad_gives_same_parameter_grads(first):
+    """Training skips d/dx of the first layer; every parameter gradient must stay the same."""
+    layers = [first] + ([{"type": "flatten"}] if first["type"] == "conv2d" else []) + [{"type": "dense", "units": 3}]
+    input_shape = [6, 6, 2] if first["type"] == "conv2d" else [7]
+    model = build_model(config_from_dict({"model": {"input_shape": input_shape, "layers": layers}}).model, seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, *model.input_shape)).astype(np.float32)
+    dy = rng.standard_normal((4, 3)).astype(np.float32)
+    model.forward(x, training=True)
+    dx = model.backward(dy)
+    assert dx.shape == x.shape
+    full = {k: v.copy() for k, v in model.gradients().items()}
+    model.zero_grads()
+    model.forward(x, training=True)
+    assert model.backward(dy, input_grad=False) is None
+    for name, grad in model.gradients().items():
+        np.testing.assert_array_equal(grad, full[name], err_msg=name)
+    assert model.first_leaf().input_grad  # restored after the pass

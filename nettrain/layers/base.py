@@ -108,6 +108,9 @@ class Layer:
         self.in_shape: Shape | None = None
         self.out_shape: Shape | None = None
         self.dtype = np.dtype(np.float32)
+        # False when nothing needs d(loss)/d(input), e.g. for the first layer during training:
+        # layers that can skip that work (conv, dense, recurrent) return None from backward
+        self.input_grad = True
 
     @classmethod
     def from_spec(cls, spec: LayerSpec, name: str, make_child) -> "Layer":

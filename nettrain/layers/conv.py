@@ -126,7 +126,7 @@ class Conv2D(Layer):
         dy = np.ascontiguousarray(dy)
         ops = kernels.backend(dy.dtype)
         dx, dkernel, dbias = kernels.conv2d_backward(
-            self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops
+            self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops, self.input_grad
         )
         self.grads["kernel"][...] = dkernel
         if dbias is not None:

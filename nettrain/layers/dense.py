@@ -61,4 +61,6 @@ class Dense(Layer):
         self.grads["kernel"][...] = x2.T @ dy2
         if "bias" in self.params:
             self.grads["bias"][...] = dy2.sum(axis=0)
+        if not self.input_grad:
+            return None
         return dy @ self.params["kernel"].T
