@@ -415,8 +415,12 @@ class Worker:
 
     def __init__(self, kind, case, args):
         env = dict(os.environ)
+        # nettrain's own pool runs its parallel work, each thread with a one-thread BLAS
+        # (what the CLI does); torch gets the same number of threads for its own pool
+        blas = "1" if kind == "nettrain" else str(args.threads)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env[var] = str(args.threads)
+            env[var] = blas
+        env["NETTRAIN_THREADS"] = str(args.threads)
         command = [sys.executable, __file__, "--worker", kind, str(config_path(case)), "--batch-size",
                    str(args.batch_size), "--seed", str(args.seed), "--threads", str(args.threads)]
         if args.use_fast is not None:
@@ -526,7 +530,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS, numba and torch threads")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for each framework (nettrain: NETTRAIN_THREADS; torch: set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--fast", dest="use_fast", action="store_true", default=None, help="nettrain with numba")

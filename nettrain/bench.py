@@ -27,6 +27,7 @@ import numpy as np
 
 from . import fast
 from .errors import NettrainError
+from .kernels import chunk_workers
 from .losses import build_loss
 from .model import Model
 from .optimizers import build_optimizer, clip_grad_norm
@@ -44,15 +45,11 @@ def peak_rss_mb() -> float | None:
 
 
 def blas_threads() -> int:
-    """Threads the BLAS may use: threadpoolctl's answer when installed, else the environment, else the CPUs."""
-    try:
-        from threadpoolctl import threadpool_info
+    """Threads the BLAS may use: asked of the loaded OpenBLAS when possible, else the environment, else the CPUs."""
+    from .kernels import blas
 
-        counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
-        if counts:
-            return max(counts)
-    except ImportError:
-        pass
+    if blas().controllable:
+        return blas().get()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
@@ -180,7 +177,7 @@ def benchmark(
     """Measure a config's model (see the module doc); returns a JSON-ready dict.
 
     Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
-    numpy), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
+    numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
     ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb`` and ``layers`` (rows of
     :meth:`LayerTimer.rows`).
     """
@@ -208,6 +205,7 @@ def benchmark(
         "steps": steps,
         "warmup": warmup,
         "kernels": path,
+        "threads": chunk_workers(),
         "blas_threads": blas_threads(),
         "params": model.param_count(),
         "train_img_per_s": batch_size / train_s,

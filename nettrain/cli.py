@@ -389,7 +389,7 @@ def _print_bench(result) -> None:
     Console().print(table)
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
     for line in (
-        f"kernels: {result['kernels']}, BLAS threads: {result['blas_threads']}, batch {result['batch_size']}, "
+        f"kernels: {result['kernels']}, threads: {result['threads']} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{result['steps']} timed steps after {result['warmup']} warm-up",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
@@ -414,15 +414,17 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 
 def limit_blas_threads() -> None:
-    """One BLAS thread unless the user sets one of the variables (or NETTRAIN_THREADS).
+    """One BLAS thread unless the user sets one of the variables.
 
-    Measured on a shared 2-core machine: OpenBLAS's spinning worker threads turned a 48 s
-    quickstart run into 7 minutes when other processes competed for the cores. It must run
+    nettrain runs its parallel work (batch chunks of convolutions, pooling, recurrent
+    layers) on its own pool of ``NETTRAIN_THREADS`` threads (default: one per core),
+    each calling a single-threaded BLAS. Measured on a shared 2-core machine: OpenBLAS's
+    spinning worker threads turned a 48 s quickstart run into 7 minutes when other
+    processes competed for the cores, while the pool just shares them. It must run
     before NumPy is imported, which is why the CLI imports NumPy lazily.
     """
-    threads = os.environ.get("NETTRAIN_THREADS", "1")
     for var in BLAS_THREAD_VARIABLES:
-        os.environ.setdefault(var, threads)
+        os.environ.setdefault(var, "1")
 
 
 def main() -> None:

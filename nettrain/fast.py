@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import kernels
-from .kernels import ConvGeometry
+from .kernels import ConvGeometry, over_batch
 
 try:
     import numba
@@ -335,34 +335,42 @@ def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.nda
     ph, pw = g.kernel
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
     arg = np.empty(y.shape, np.int8 if ph * pw < 128 else np.int32)
-    _max_pool_forward(np.ascontiguousarray(x), ph, pw, *g.stride, g.pad[0], g.pad[2], y, arg)
+    x = np.ascontiguousarray(x)
+    over_batch(lambda a, b: _max_pool_forward(x[a:b], ph, pw, *g.stride, g.pad[0], g.pad[2], y[a:b], arg[a:b]),
+               x.shape[0], x.size)
     return y, arg
 
 
 def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
     dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
-    _max_pool_backward(np.ascontiguousarray(dy), arg, *g.kernel, *g.stride, g.pad[0], g.pad[2], dx)
+    dy = np.ascontiguousarray(dy)
+    over_batch(lambda a, b: _max_pool_backward(dy[a:b], arg[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], dx[a:b]),
+               dx.shape[0], dx.size)
     return dx
 
 
 def avg_pool_forward(x: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
-    _avg_pool_forward(np.ascontiguousarray(x), *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, y)
+    x = np.ascontiguousarray(x)
+    over_batch(lambda a, b: _avg_pool_forward(x[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, y[a:b]),
+               x.shape[0], x.size)
     return y
 
 
 def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
-    _avg_pool_backward(np.ascontiguousarray(dy), *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, dx)
+    dy = np.ascontiguousarray(dy)
+    over_batch(lambda a, b: _avg_pool_backward(dy[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, dx[a:b]),
+               dx.shape[0], dx.size)
     return dx
 
 
 # -- batch normalisation ---------------------------------------------------------
 @_jit(fastmath=_FAST_SUMS)
-def _batchnorm_sums(x3, mean_out, var_out):
+def _batchnorm_sums(x3, k0, k1, mean_out, var_out):
     m, f, p = x3.shape
     count = m * p
-    for k in range(f):
+    for k in range(k0, k1):
         total = 0.0
         squares = 0.0
         for s in range(m):
@@ -391,13 +399,11 @@ def _batchnorm_affine(x3, scale, shift, y3):
 
 
 @_jit(fastmath=_FAST_SUMS)
-def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
+def _batchnorm_backward_sums(x3, dy3, mean, inv_std, gamma, k0, k1, a, b, c, dgamma, dbeta):
+    """Per channel k in [k0, k1): the coefficients of dx = a*dy + b*(x - mean) + c, and dgamma, dbeta."""
     m, f, p = x3.shape
     count = m * p
-    a = np.empty(f, x3.dtype)
-    b = np.empty(f, x3.dtype)
-    c = np.empty(f, x3.dtype)
-    for k in range(f):
+    for k in range(k0, k1):
         mu = np.float64(mean[k])
         sum_dy = 0.0
         sum_dy_xc = 0.0
@@ -412,10 +418,14 @@ def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
         ak = np.float64(gamma[k]) * istd
         a[k] = ak
         b[k] = -ak * istd * istd * sum_dy_xc / count
-        c[k] = -ak * sum_dy / count
+        c[k] = -ak * sum_dy / count  # c = -a*mean(dy)
         dgamma[k] = sum_dy_xc * istd
         dbeta[k] = sum_dy
-    # dx = a*dy + b*(x - mean) + c, with c = -a*mean(dy)
+
+
+@_jit
+def _batchnorm_backward_apply(x3, dy3, mean, a, b, c, dx3):
+    m, f, p = x3.shape
     for s in range(m):
         for k in range(f):
             xr = x3[s, k]
@@ -429,26 +439,34 @@ def _batchnorm_backward(x3, dy3, mean, inv_std, gamma, dx3, dgamma, dbeta):
                 dr[e] = gr[e] * ak + (xr[e] - mu) * bk + ck
 
 
+# Statistics split over channels, element-wise passes over samples, each across the worker threads.
 def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(M, F, P) -> per-feature mean and biased variance (F,)."""
     f = x3.shape[1]
+    x3 = np.ascontiguousarray(x3)
     mean, var = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
-    _batchnorm_sums(np.ascontiguousarray(x3), mean, var)
+    over_batch(lambda k0, k1: _batchnorm_sums(x3, k0, k1, mean, var), f, x3.size)
     return mean, var
 
 
 def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    x3 = np.ascontiguousarray(x3)
     y3 = np.empty(x3.shape, x3.dtype)
-    _batchnorm_affine(np.ascontiguousarray(x3), scale, shift, y3)
+    over_batch(lambda s0, s1: _batchnorm_affine(x3[s0:s1], scale, shift, y3[s0:s1]), x3.shape[0], x3.size)
     return y3
 
 
 def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
     """-> dx (M, F, P), dgamma (F,), dbeta (F,); see :func:`nettrain.kernels.batchnorm_backward`."""
     f = x3.shape[1]
-    dx3 = np.empty(x3.shape, x3.dtype)
+    x3, dy3 = np.ascontiguousarray(x3), np.ascontiguousarray(dy3)
+    a, b, c = (np.empty(f, x3.dtype) for _ in range(3))
     dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
-    _batchnorm_backward(np.ascontiguousarray(x3), np.ascontiguousarray(dy3), mean, inv_std, gamma, dx3, dgamma, dbeta)
+    over_batch(lambda k0, k1: _batchnorm_backward_sums(x3, dy3, mean, inv_std, gamma, k0, k1, a, b, c, dgamma, dbeta),
+               f, x3.size)
+    dx3 = np.empty(x3.shape, x3.dtype)
+    over_batch(lambda s0, s1: _batchnorm_backward_apply(x3[s0:s1], dy3[s0:s1], mean, a, b, c, dx3[s0:s1]),
+               x3.shape[0], x3.size)
     return dx3, dgamma, dbeta
 
 
@@ -480,7 +498,8 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
     if not x.flags.c_contiguous:
         return kernels.relu_forward(x)
     y = np.empty_like(x)
-    _relu_forward(x.reshape(-1), y.reshape(-1))
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    over_batch(lambda a, b: _relu_forward(xf[a:b], yf[a:b]), xf.size, xf.size)
     return y
 
 
@@ -488,7 +507,8 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     if not (dy.flags.c_contiguous and y.flags.c_contiguous):
         return kernels.relu_backward(dy, y)
     dx = np.empty_like(dy)
-    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    dyf, yf, dxf = dy.reshape(-1), y.reshape(-1), dx.reshape(-1)
+    over_batch(lambda a, b: _relu_backward(dyf[a:b], yf[a:b], dxf[a:b]), dxf.size, dxf.size)
     return dx
 
 

@@ -113,16 +113,20 @@ def blas() -> BlasThreads:
     return _BLAS
 
 
-def chunk_workers() -> int:
-    """Threads for batch chunks: the BLAS's own thread count when it can be set to 1 meanwhile, else 1.
+def available_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
-    ``NETTRAIN_THREADS`` overrides it.
-    """
+
+def chunk_workers() -> int:
+    """Threads for batch chunks: ``NETTRAIN_THREADS`` when set, else one per available core."""
     forced = os.environ.get("NETTRAIN_THREADS", "").strip()
     if forced.isdigit() and int(forced) > 0:
         return int(forced)
-    b = blas()
-    return max(1, b.get()) if b.controllable else 1
+    return available_cores()
 
 
 def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
@@ -145,6 +149,22 @@ def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
             future.result()
     finally:
         b.set(before)
+
+
+# Below this many elements a kernel runs in the calling thread: handing work to the
+# pool costs tens of microseconds.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def over_batch(work, n: int, elements: int) -> None:
+    """Call ``work(start, stop)`` on about equal ranges of ``n`` items, one per worker thread.
+
+    For kernels that release the GIL and write disjoint slices; ``elements`` (the size
+    of the job) decides whether splitting is worth it.
+    """
+    workers = max(1, min(chunk_workers(), n)) if elements >= PARALLEL_MIN_ELEMENTS else 1
+    bounds = [(n * k // workers, n * (k + 1) // workers) for k in range(workers)]
+    run_on_chunks(lambda _, share: [work(a, b) for a, b in share], bounds, workers)
 
 
 # -- geometry --------------------------------------------------------------------

@@ -298,3 +298,42 @@ def test_max_pool_window_wholly_in_padding_gets_minus_infinity_and_no_gradient()
     assert y[0, 0, 0, 0] == -np.inf
     dx = fast.max_pool_backward(np.ones_like(y), arg, g)
     np.testing.assert_array_equal(dx, [[[[0, 0], [0, 1]]]])
+
+
+THREADED_LAYERS = [
+    ("conv2d", dict(filters=4, kernel_size=3, padding="same"), (3, 9, 9)),
+    ("maxpool2d", dict(pool_size=3, strides=2), (3, 9, 9)),
+    ("avgpool2d", dict(pool_size=2, padding="same"), (3, 9, 9)),
+    ("batchnorm", dict(), (5, 4, 4)),
+    ("relu", dict(), (3, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("type_name,fields,in_shape", THREADED_LAYERS, ids=[c[0] for c in THREADED_LAYERS])
+def test_work_split_over_threads_matches_one_thread(monkeypatch, workers, type_name, fields, in_shape):
+    """Every kernel that splits its batch (or channels) over the worker threads gives one thread's results."""
+    cls = REGISTRY[type_name]
+    make = lambda: cls(cls.Spec(**fields))  # noqa: E731
+    monkeypatch.setenv("NETTRAIN_THREADS", "1")
+    single_fast, single_ref = both_paths(make, in_shape, batch=7, seed=workers)
+    monkeypatch.setenv("NETTRAIN_THREADS", str(workers))
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)  # split even these small arrays
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample per convolution chunk
+    split_fast, split_ref = both_paths(make, in_shape, batch=7, seed=workers)
+    assert_same_results(split_fast, single_fast, tol=1e-5)
+    assert_same_results(split_ref, single_ref, tol=1e-5)
+    assert_same_results(split_fast, split_ref)
+
+
+def test_over_batch_covers_every_item_once(monkeypatch):
+    monkeypatch.setenv("NETTRAIN_THREADS", "3")
+    hits = np.zeros(10, int)
+
+    def work(a, b):
+        hits[a:b] += 1
+
+    kernels.over_batch(work, 10, elements=kernels.PARALLEL_MIN_ELEMENTS)
+    np.testing.assert_array_equal(hits, 1)
+    kernels.over_batch(work, 2, elements=kernels.PARALLEL_MIN_ELEMENTS)  # fewer items than threads
+    np.testing.assert_array_equal(hits, [2, 2] + [1] * 8)
