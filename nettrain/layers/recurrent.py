@@ -14,17 +14,22 @@ The input projection of every timestep is one GEMM before the time loop; the
 loop runs over time only, and its backward stores the per-step pre-activation
 gradients so that each weight gradient is again one GEMM after the loop.
 Internally sequences are time-major ``(T, N, .)`` so each step is a contiguous slice.
+
+Each step is one GEMM ``h_{t-1} R`` into a reused work array, then one cell kernel
+(``kernels.backend(dtype).lstm_cell_forward`` etc.) for all the element-wise gate
+math: NumPy ufuncs writing in place, or with numba one compiled pass per step.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import PositiveInt
 
+from .. import kernels
 from ..initializers import InitializerSpec, initialize
-from .activations import sigmoid
 from .base import Layer, LayerSpec, Shape, register
 
 
@@ -52,11 +57,6 @@ def sequence_hint(in_shape: Shape) -> str:
             f"otherwise add a reshape (target_shape: [T, F] with T*F = {in_shape[0]}) before it"
         )
     return "add a reshape to [T, F] before it"
-
-
-def split_gates(a: np.ndarray, count: int) -> list[np.ndarray]:
-    """Views of the ``count`` gate blocks along the last axis of a fused ``(..., G*U)`` array."""
-    return np.split(a, count, axis=-1)
 
 
 class Recurrent(Layer):
@@ -94,6 +94,7 @@ class Recurrent(Layer):
         # through reshape(-1) views need C order
         self.params = {k: np.ascontiguousarray(p) for k, p in self.params.items()}
         self.zero_grads()
+        self._work: dict[str, np.ndarray] = {}
         return super().build(in_shape, rng)
 
     def initial_bias(self, units: int, rng: np.random.Generator) -> np.ndarray:
@@ -117,56 +118,93 @@ class Recurrent(Layer):
         x = np.asarray(x).astype(self.dtype, copy=False)
         n, steps, features = x.shape
         # time-major copy: per-step slices are contiguous, and it is reused by backward
-        self._xs = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(steps * n, features)
-        xw = self._xs @ self.params["kernel"] + self.params["bias"]
+        xs = self.work("xs", (steps, n, features))
+        np.copyto(xs, x.transpose(1, 0, 2))
+        self._xs = xs.reshape(steps * n, features)
+        xw = np.matmul(self._xs, self.params["kernel"], out=self.work("gates", (steps * n, self.width)))
+        xw += self.params["bias"]
         self._h = self.scan(xw.reshape(steps, n, -1))
-        # copies, so that a later layer working in place cannot corrupt the cached states
+        # copies (never views, whatever N or T), so that a later layer working in place cannot
+        # corrupt the cached states, and the next call cannot overwrite this output
         if self.spec.return_sequences:
-            return np.ascontiguousarray(self._h[1:].transpose(1, 0, 2))
+            return self._h[1:].transpose(1, 0, 2).copy()
         return self._h[-1].copy()
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """``dy`` shaped like the output -> ``dx (N, T, F)``; fills ``grads``."""
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """``dy`` shaped like the output -> ``dx (N, T, F)``; fills ``grads``.
+
+        Returns None without computing dx when ``input_grad`` is False.
+        """
         dy = np.asarray(dy).astype(self.dtype, copy=False)
         steps, n, units = self._h.shape[0] - 1, self._h.shape[1], self.spec.units
         if self.spec.return_sequences:
-            dh_out = dy.transpose(1, 0, 2)
+            dh_out = self.work("dh_out", (steps, n, units))
+            np.copyto(dh_out, dy.transpose(1, 0, 2))
         else:
-            dh_out = np.zeros((steps, n, units), self.dtype)
-            dh_out[-1] = dy
+            # only the last step reaches the output; the others share one block of zeros
+            zero = self.work("zero", (n, units))
+            zero[...] = 0
+            dh_out = [zero] * (steps - 1) + [np.ascontiguousarray(dy)]
         dxw, dhw = self.scan_backward(dh_out)
         dxw = dxw.reshape(steps * n, -1)
         h_prev = self._h[:-1].reshape(steps * n, units)
-        self.store_grad("kernel", self._xs.T @ dxw)
-        self.store_grad("bias", dxw.sum(axis=0))
-        self.store_grad("recurrent_kernel", h_prev.T @ dhw.reshape(steps * n, -1))
+        np.matmul(self._xs.T, dxw, out=self.grad_buffer("kernel"))
+        np.sum(dxw, axis=0, out=self.grad_buffer("bias"))
+        np.matmul(h_prev.T, dhw.reshape(steps * n, -1), out=self.grad_buffer("recurrent_kernel"))
         self.store_extra_grads(dhw)
-        dx = dxw @ self.params["kernel"].T
-        return np.ascontiguousarray(dx.reshape(steps, n, -1).transpose(1, 0, 2))
+        if not getattr(self, "input_grad", True):
+            return None
+        dx = np.matmul(dxw, self.params["kernel"].T, out=self.work("dx", (steps * n, self.in_shape[1])))
+        return dx.reshape(steps, n, -1).transpose(1, 0, 2).copy()
 
-    def store_grad(self, key: str, value: np.ndarray) -> None:
-        # in place, so that anyone holding the grads dict entries sees the new values
-        grad = self.grads.get(key)
-        if grad is not None and grad.shape == value.shape and grad.dtype == value.dtype:
-            grad[...] = value
-        else:
-            self.grads[key] = value
+    @property
+    def width(self) -> int:
+        """G*U: the gates side by side."""
+        return self.gates * self.spec.units
+
+    def work(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised array of this layer's dtype that lives as long as the layer.
+
+        The cached states of the last forward and the backward's work arrays are reused
+        by the next call rather than allocated again: fresh arrays of several MB are fresh
+        pages from the OS, and faulting them in can cost as much as a step's gate math.
+        A buffer only grows, so another batch size reuses it too.
+        """
+        size = math.prod(shape)
+        buf = self._work.get(name)
+        if buf is None or buf.size < size or buf.dtype != self.dtype:
+            buf = self._work[name] = np.empty(size, self.dtype)
+        return buf[:size].reshape(shape)
+
+    def grad_buffer(self, key: str) -> np.ndarray:
+        """The array that receives the gradient of param ``key``.
+
+        Gradients are written in place, so that anyone holding the grads dict entries
+        sees the new values; a missing or stale (other shape or dtype) entry is replaced.
+        """
+        param, grad = self.params[key], self.grads.get(key)
+        if grad is None or grad.shape != param.shape or grad.dtype != param.dtype:
+            grad = self.grads[key] = np.empty_like(param)
+        return grad
 
     def store_extra_grads(self, dhw: np.ndarray) -> None:
         pass
 
-    def initial_state(self, n: int, steps: int) -> np.ndarray:
-        """Hidden states ``(T+1, N, U)``; ``[0]`` is the zero initial state."""
-        h = np.empty((steps + 1, n, self.spec.units), self.dtype)
+    def initial_state(self, name: str, n: int, steps: int) -> np.ndarray:
+        """States ``(T+1, N, U)``; ``[0]`` is the zero initial state."""
+        h = self.work(name, (steps + 1, n, self.spec.units))
         h[0] = 0
         return h
 
-    def scan(self, xw: np.ndarray) -> np.ndarray:
-        """Input projections ``xw (T, N, G*U)`` -> hidden states ``(T+1, N, U)``."""
+    def scan(self, gates: np.ndarray) -> np.ndarray:
+        """Input projections ``gates (T, N, G*U)`` -> hidden states ``(T+1, N, U)``.
+
+        ``gates`` is overwritten (LSTM and GRU keep their activated gates in it for backward).
+        """
         raise NotImplementedError
 
-    def scan_backward(self, dh_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Output grads ``dh_out (T, N, U)`` -> grads of the input and hidden projections,
+    def scan_backward(self, dh_out) -> tuple[np.ndarray, np.ndarray]:
+        """Output grads ``dh_out`` (T arrays (N, U)) -> grads of the input and hidden projections,
         both ``(T, N, G*U)`` (the same array when the two projections are simply added)."""
         raise NotImplementedError
 
@@ -180,21 +218,29 @@ class SimpleRNN(Recurrent):
 
     gates = 1
 
-    def scan(self, xw):
+    def scan(self, gates):
+        ops = kernels.backend(self.dtype)
         recurrent = self.params["recurrent_kernel"]
-        h = self.initial_state(xw.shape[1], xw.shape[0])
-        for t in range(xw.shape[0]):
-            h[t + 1] = np.tanh(xw[t] + h[t] @ recurrent)
+        steps, n, width = gates.shape
+        h = self.initial_state("h", n, steps)
+        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
+        for t in range(steps):
+            np.matmul(h[t], recurrent, out=hr)
+            ops.rnn_cell_forward(gates[t], hr, h[t + 1])
         return h
 
     def scan_backward(self, dh_out):
+        ops = kernels.backend(self.dtype)
         recurrent_t = self.params["recurrent_kernel"].T
         h = self._h
-        da = np.empty_like(dh_out)
-        dh_next = np.zeros_like(dh_out[0])
-        for t in reversed(range(dh_out.shape[0])):
-            da[t] = (dh_out[t] + dh_next) * (1 - h[t + 1] * h[t + 1])
-            dh_next = da[t] @ recurrent_t
+        steps, n, units = h.shape[0] - 1, h.shape[1], h.shape[2]
+        da = self.work("da", (steps, n, units))
+        dh_next = self.work("dh_next", (n, units))
+        dh_next[...] = 0
+        for t in reversed(range(steps)):
+            ops.rnn_cell_backward(dh_out[t], dh_next, h[t + 1], da[t])
+            if t:  # step 0's recurrent gradient would flow into the fixed zero state
+                np.matmul(da[t], recurrent_t, out=dh_next)
         return da, da
 
 
@@ -219,43 +265,33 @@ class LSTM(Recurrent):
             bias[units : 2 * units] = 1
         return bias
 
-    def scan(self, xw):
+    def scan(self, gates):
+        ops = kernels.backend(self.dtype)
         recurrent = self.params["recurrent_kernel"]
-        steps, n, _ = xw.shape
-        u = self.spec.units
-        h = self.initial_state(n, steps)
-        c = np.zeros_like(h)
-        acts = np.empty_like(xw)  # activated gates i, f, g, o per step
-        tanh_c = np.empty((steps, n, u), self.dtype)
+        steps, n, width = gates.shape
+        h = self.initial_state("h", n, steps)
+        c = self.initial_state("c", n, steps)
+        tanh_c = self.work("tanh_c", (steps, n, self.spec.units))
+        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
         for t in range(steps):
-            a = xw[t] + h[t] @ recurrent
-            acts[t, :, : 2 * u] = sigmoid(a[:, : 2 * u])
-            acts[t, :, 2 * u : 3 * u] = np.tanh(a[:, 2 * u : 3 * u])
-            acts[t, :, 3 * u :] = sigmoid(a[:, 3 * u :])
-            i, f, g, o = split_gates(acts[t], 4)
-            c[t + 1] = f * c[t] + i * g
-            tanh_c[t] = np.tanh(c[t + 1])
-            h[t + 1] = o * tanh_c[t]
-        self._c, self._acts, self._tanh_c = c, acts, tanh_c
+            np.matmul(h[t], recurrent, out=hr)
+            ops.lstm_cell_forward(gates[t], hr, c[t], c[t + 1], tanh_c[t], h[t + 1])
+        self._c, self._acts, self._tanh_c = c, gates, tanh_c
         return h
 
     def scan_backward(self, dh_out):
+        ops = kernels.backend(self.dtype)
         recurrent_t = self.params["recurrent_kernel"].T
         c, acts, tanh_c = self._c, self._acts, self._tanh_c
-        da = np.empty_like(acts)
-        dh_next = np.zeros_like(dh_out[0])
-        dc_next = np.zeros_like(dh_out[0])
-        for t in reversed(range(dh_out.shape[0])):
-            i, f, g, o = split_gates(acts[t], 4)
-            da_i, da_f, da_g, da_o = split_gates(da[t], 4)
-            dh = dh_out[t] + dh_next
-            dc = dc_next + dh * o * (1 - tanh_c[t] * tanh_c[t])
-            da_i[...] = dc * g * i * (1 - i)
-            da_f[...] = dc * c[t] * f * (1 - f)
-            da_g[...] = dc * i * (1 - g * g)
-            da_o[...] = dh * tanh_c[t] * o * (1 - o)
-            dc_next = dc * f
-            dh_next = da[t] @ recurrent_t
+        steps = acts.shape[0]
+        da = self.work("da", acts.shape)
+        dh_next, dc = self.work("dh_next", tanh_c[0].shape), self.work("dc", tanh_c[0].shape)
+        dh_next[...] = 0
+        dc[...] = 0
+        for t in reversed(range(steps)):
+            ops.lstm_cell_backward(dh_out[t], dh_next, acts[t], c[t], tanh_c[t], dc, da[t])
+            if t:
+                np.matmul(da[t], recurrent_t, out=dh_next)
         return da, da
 
 
@@ -280,41 +316,34 @@ class GRU(Recurrent):
     def extra_params(self, units, rng):
         return {"recurrent_bias": self.initial_bias(units, rng)}
 
-    def scan(self, xw):
+    def scan(self, gates):
+        ops = kernels.backend(self.dtype)
         recurrent, recurrent_bias = self.params["recurrent_kernel"], self.params["recurrent_bias"]
-        steps, n, _ = xw.shape
-        u = self.spec.units
-        h = self.initial_state(n, steps)
-        acts = np.empty_like(xw)  # r, z, n per step
-        hw_n = np.empty((steps, n, u), self.dtype)  # h U_n + c_n, needed for dr
+        steps, n, width = gates.shape
+        h = self.initial_state("h", n, steps)
+        hw_n = self.work("hw_n", (steps, n, self.spec.units))  # h U_n + c_n, needed for dr
+        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
         for t in range(steps):
-            hw = h[t] @ recurrent + recurrent_bias
-            acts[t, :, : 2 * u] = sigmoid(xw[t, :, : 2 * u] + hw[:, : 2 * u])
-            r, z, _ = split_gates(acts[t], 3)
-            hw_n[t] = hw[:, 2 * u :]
-            cand = acts[t, :, 2 * u :]
-            cand[...] = np.tanh(xw[t, :, 2 * u :] + r * hw_n[t])
-            h[t + 1] = cand + z * (h[t] - cand)
-        self._acts, self._hw_n = acts, hw_n
+            np.matmul(h[t], recurrent, out=hr)
+            ops.gru_cell_forward(gates[t], hr, recurrent_bias, h[t], hw_n[t], h[t + 1])
+        self._acts, self._hw_n = gates, hw_n
         return h
 
     def scan_backward(self, dh_out):
+        ops = kernels.backend(self.dtype)
         recurrent_t = self.params["recurrent_kernel"].T
         h, acts, hw_n = self._h, self._acts, self._hw_n
-        dxw = np.empty_like(acts)
-        dhw = np.empty_like(acts)
-        dh_next = np.zeros_like(dh_out[0])
-        for t in reversed(range(dh_out.shape[0])):
-            r, z, cand = split_gates(acts[t], 3)
-            dr, dz, dn = split_gates(dxw[t], 3)
-            dh = dh_out[t] + dh_next
-            dn[...] = dh * (1 - z) * (1 - cand * cand)
-            dz[...] = dh * (h[t] - cand) * z * (1 - z)
-            dr[...] = dn * hw_n[t] * r * (1 - r)
-            dhw[t] = dxw[t]
-            dhw[t, :, 2 * self.spec.units :] *= r
-            dh_next = dh * z + dhw[t] @ recurrent_t
+        steps = acts.shape[0]
+        dxw, dhw = self.work("dxw", acts.shape), self.work("dhw", acts.shape)
+        dh_next = self.work("dh_next", hw_n[0].shape)  # through R
+        dh_carry = self.work("dh_carry", hw_n[0].shape)  # straight through z
+        dh_next[...] = 0
+        dh_carry[...] = 0
+        for t in reversed(range(steps)):
+            ops.gru_cell_backward(dh_out[t], dh_next, dh_carry, h[t], acts[t], hw_n[t], dxw[t], dhw[t])
+            if t:
+                np.matmul(dhw[t], recurrent_t, out=dh_next)
         return dxw, dhw
 
     def store_extra_grads(self, dhw):
-        self.store_grad("recurrent_bias", dhw.sum(axis=(0, 1)))
+        np.sum(dhw.reshape(-1, dhw.shape[-1]), axis=0, out=self.grad_buffer("recurrent_bias"))
