@@ -167,6 +167,32 @@ def over_batch(work, n: int, elements: int) -> None:
     run_on_chunks(lambda _, share: [work(a, b) for a, b in share], bounds, workers)
 
 
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a @ b`` (2-D), blocks of ``a``'s rows on the worker threads."""
+    over_batch(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), a.shape[0], a.shape[0] * b.shape[1])
+    return out
+
+
+def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a.T @ b`` for tall ``a`` (M, K) and ``b`` (M, L): row blocks on the worker threads, then summed.
+
+    The weight gradient of a layer applied at every position (recurrent, dense on sequences).
+    """
+    m = a.shape[0]
+    workers = max(1, min(chunk_workers(), m)) if m * out.size >= PARALLEL_MIN_ELEMENTS * 16 else 1
+    if workers == 1:
+        return np.matmul(a.T, b, out=out)
+    parts = np.empty((workers, *out.shape), out.dtype)
+    bounds = [(m * k // workers, m * (k + 1) // workers) for k in range(workers)]
+
+    def work(k, share):
+        for r0, r1 in share:
+            np.matmul(a[r0:r1].T, b[r0:r1], out=parts[k])
+
+    run_on_chunks(work, bounds, workers)
+    return np.sum(parts, axis=0, out=out)
+
+
 # -- geometry --------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConvGeometry:

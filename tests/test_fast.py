@@ -306,6 +306,9 @@ THREADED_LAYERS = [
     ("avgpool2d", dict(pool_size=2, padding="same"), (3, 9, 9)),
     ("batchnorm", dict(), (5, 4, 4)),
     ("relu", dict(), (3, 5, 5)),
+    ("lstm", dict(units=6, return_sequences=True), (5, 4)),
+    ("gru", dict(units=6), (5, 4)),
+    ("simple_rnn", dict(units=6, return_sequences=True), (5, 4)),
 ]
 
 

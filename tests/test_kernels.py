@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import naive
+from nettrain import kernels
 from nettrain.layers import REGISTRY
 
 CONV_SHAPES = [
@@ -78,3 +79,13 @@ def test_no_np_add_at_in_the_package():
     root = Path(nettrain.__file__).parent
     offenders = [p.name for p in root.rglob("*.py") if "add.at(" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2", "3"])
+def test_threaded_matmuls_match_numpy(monkeypatch, workers):
+    monkeypatch.setenv("NETTRAIN_THREADS", workers)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(int(workers))
+    a, b, c = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 5), (5, 8), (37, 8)))
+    np.testing.assert_allclose(kernels.matmul(a, b, np.empty((37, 8), np.float32)), a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.matmul_tn(a, c, np.empty((5, 8), np.float32)), a.T @ c, rtol=1e-5, atol=1e-5)

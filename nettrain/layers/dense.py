@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import PositiveInt
 
 from ..initializers import InitializerSpec, initialize
+from .. import kernels
 from .activations import ACTIVATIONS, ActivationName
 from .base import Layer, LayerSpec, register
 
@@ -44,7 +45,10 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         self._x = x
-        z = x @ self.params["kernel"]
+        f_in, units = self.params["kernel"].shape
+        x2 = np.ascontiguousarray(x).reshape(-1, f_in)
+        z = kernels.matmul(x2, self.params["kernel"], np.empty((x2.shape[0], units), np.result_type(x2, self.params["kernel"])))
+        z = z.reshape(*x.shape[:-1], units)
         if "bias" in self.params:
             z += self.params["bias"]
         if self.act is None:
@@ -58,9 +62,10 @@ class Dense(Layer):
             dy = self.act.backward(dy, self._z, self._y)
         f_in, units = self.params["kernel"].shape
         x2, dy2 = self._x.reshape(-1, f_in), dy.reshape(-1, units)
-        self.grads["kernel"][...] = x2.T @ dy2
+        kernels.matmul_tn(x2, np.ascontiguousarray(dy2), self.grads["kernel"])
         if "bias" in self.params:
             self.grads["bias"][...] = dy2.sum(axis=0)
         if not self.input_grad:
             return None
-        return dy @ self.params["kernel"].T
+        dx = kernels.matmul(dy2, self.params["kernel"].T, np.empty((dy2.shape[0], f_in), np.result_type(dy2, self.params["kernel"])))
+        return dx.reshape(*dy.shape[:-1], f_in)

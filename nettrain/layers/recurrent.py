@@ -121,7 +121,7 @@ class Recurrent(Layer):
         xs = self.work("xs", (steps, n, features))
         np.copyto(xs, x.transpose(1, 0, 2))
         self._xs = xs.reshape(steps * n, features)
-        xw = np.matmul(self._xs, self.params["kernel"], out=self.work("gates", (steps * n, self.width)))
+        xw = kernels.matmul(self._xs, self.params["kernel"], self.work("gates", (steps * n, self.width)))
         xw += self.params["bias"]
         self._h = self.scan(xw.reshape(steps, n, -1))
         # copies (never views, whatever N or T), so that a later layer working in place cannot
@@ -148,13 +148,13 @@ class Recurrent(Layer):
         dxw, dhw = self.scan_backward(dh_out)
         dxw = dxw.reshape(steps * n, -1)
         h_prev = self._h[:-1].reshape(steps * n, units)
-        np.matmul(self._xs.T, dxw, out=self.grad_buffer("kernel"))
+        kernels.matmul_tn(self._xs, dxw, self.grad_buffer("kernel"))
         np.sum(dxw, axis=0, out=self.grad_buffer("bias"))
-        np.matmul(h_prev.T, dhw.reshape(steps * n, -1), out=self.grad_buffer("recurrent_kernel"))
+        kernels.matmul_tn(h_prev, dhw.reshape(steps * n, -1), self.grad_buffer("recurrent_kernel"))
         self.store_extra_grads(dhw)
         if not getattr(self, "input_grad", True):
             return None
-        dx = np.matmul(dxw, self.params["kernel"].T, out=self.work("dx", (steps * n, self.in_shape[1])))
+        dx = kernels.matmul(dxw, self.params["kernel"].T, self.work("dx", (steps * n, self.in_shape[1])))
         return dx.reshape(steps, n, -1).transpose(1, 0, 2).copy()
 
     @property
@@ -223,10 +223,14 @@ class SimpleRNN(Recurrent):
         recurrent = self.params["recurrent_kernel"]
         steps, n, width = gates.shape
         h = self.initial_state("h", n, steps)
-        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
-        for t in range(steps):
-            np.matmul(h[t], recurrent, out=hr)
-            ops.rnn_cell_forward(gates[t], hr, h[t + 1])
+
+        def run(a, b):
+            hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
+            for t in range(steps):
+                np.matmul(h[t, a:b], recurrent, out=hr)
+                ops.rnn_cell_forward(gates[t, a:b], hr, h[t + 1, a:b])
+
+        kernels.over_batch(run, n, gates.size)
         return h
 
     def scan_backward(self, dh_out):
@@ -237,10 +241,14 @@ class SimpleRNN(Recurrent):
         da = self.work("da", (steps, n, units))
         dh_next = self.work("dh_next", (n, units))
         dh_next[...] = 0
-        for t in reversed(range(steps)):
-            ops.rnn_cell_backward(dh_out[t], dh_next, h[t + 1], da[t])
-            if t:  # step 0's recurrent gradient would flow into the fixed zero state
-                np.matmul(da[t], recurrent_t, out=dh_next)
+
+        def run(a, b):
+            for t in reversed(range(steps)):
+                ops.rnn_cell_backward(dh_out[t][a:b], dh_next[a:b], h[t + 1, a:b], da[t, a:b])
+                if t:  # step 0's recurrent gradient would flow into the fixed zero state
+                    np.matmul(da[t, a:b], recurrent_t, out=dh_next[a:b])
+
+        kernels.over_batch(run, n, da.size)
         return da, da
 
 
@@ -272,10 +280,14 @@ class LSTM(Recurrent):
         h = self.initial_state("h", n, steps)
         c = self.initial_state("c", n, steps)
         tanh_c = self.work("tanh_c", (steps, n, self.spec.units))
-        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
-        for t in range(steps):
-            np.matmul(h[t], recurrent, out=hr)
-            ops.lstm_cell_forward(gates[t], hr, c[t], c[t + 1], tanh_c[t], h[t + 1])
+
+        def run(a, b):
+            hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
+            for t in range(steps):
+                np.matmul(h[t, a:b], recurrent, out=hr)
+                ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
+
+        kernels.over_batch(run, n, gates.size)
         self._c, self._acts, self._tanh_c = c, gates, tanh_c
         return h
 
@@ -288,10 +300,15 @@ class LSTM(Recurrent):
         dh_next, dc = self.work("dh_next", tanh_c[0].shape), self.work("dc", tanh_c[0].shape)
         dh_next[...] = 0
         dc[...] = 0
-        for t in reversed(range(steps)):
-            ops.lstm_cell_backward(dh_out[t], dh_next, acts[t], c[t], tanh_c[t], dc, da[t])
-            if t:
-                np.matmul(da[t], recurrent_t, out=dh_next)
+
+        def run(a, b):
+            for t in reversed(range(steps)):
+                ops.lstm_cell_backward(dh_out[t][a:b], dh_next[a:b], acts[t, a:b], c[t, a:b], tanh_c[t, a:b],
+                                       dc[a:b], da[t, a:b])
+                if t:
+                    np.matmul(da[t, a:b], recurrent_t, out=dh_next[a:b])
+
+        kernels.over_batch(run, da.shape[1], da.size)
         return da, da
 
 
@@ -322,10 +339,14 @@ class GRU(Recurrent):
         steps, n, width = gates.shape
         h = self.initial_state("h", n, steps)
         hw_n = self.work("hw_n", (steps, n, self.spec.units))  # h U_n + c_n, needed for dr
-        hr = kernels.scratch("recurrent_projection", (n, width), self.dtype)
-        for t in range(steps):
-            np.matmul(h[t], recurrent, out=hr)
-            ops.gru_cell_forward(gates[t], hr, recurrent_bias, h[t], hw_n[t], h[t + 1])
+
+        def run(a, b):
+            hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
+            for t in range(steps):
+                np.matmul(h[t, a:b], recurrent, out=hr)
+                ops.gru_cell_forward(gates[t, a:b], hr, recurrent_bias, h[t, a:b], hw_n[t, a:b], h[t + 1, a:b])
+
+        kernels.over_batch(run, n, gates.size)
         self._acts, self._hw_n = gates, hw_n
         return h
 
@@ -339,10 +360,15 @@ class GRU(Recurrent):
         dh_carry = self.work("dh_carry", hw_n[0].shape)  # straight through z
         dh_next[...] = 0
         dh_carry[...] = 0
-        for t in reversed(range(steps)):
-            ops.gru_cell_backward(dh_out[t], dh_next, dh_carry, h[t], acts[t], hw_n[t], dxw[t], dhw[t])
-            if t:
-                np.matmul(dhw[t], recurrent_t, out=dh_next)
+
+        def run(a, b):
+            for t in reversed(range(steps)):
+                ops.gru_cell_backward(dh_out[t][a:b], dh_next[a:b], dh_carry[a:b], h[t, a:b], acts[t, a:b],
+                                      hw_n[t, a:b], dxw[t, a:b], dhw[t, a:b])
+                if t:
+                    np.matmul(dhw[t, a:b], recurrent_t, out=dh_next[a:b])
+
+        kernels.over_batch(run, acts.shape[1], acts.size)
         return dxw, dhw
 
     def store_extra_grads(self, dhw):
