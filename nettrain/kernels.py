@@ -739,6 +739,83 @@ def gru_cell_backward(
     np.multiply(total, z, out=dh_carry)
 
 
+# -- the reference kernels on the worker threads ------------------------------------
+# NumPy releases the GIL inside its loops, so the reference kernels, run on disjoint
+# ranges of samples (or channels), use every worker thread too. The plain functions
+# above stay the definitions; these wrappers only split the work.
+
+
+def split_samples(fn, outputs: tuple, batched: tuple, shared: tuple = ()):
+    """``outputs[k][s0:s1] = fn(*(a[s0:s1] for a in batched), *shared)[k]`` over sample ranges on the threads."""
+
+    def work(s0, s1):
+        result = fn(*(a[s0:s1] for a in batched), *shared)
+        for out, part in zip(outputs, result if isinstance(result, tuple) else (result,)):
+            out[s0:s1] = part
+
+    over_batch(work, batched[0].shape[0], batched[0].size)
+    return outputs if len(outputs) > 1 else outputs[0]
+
+
+def threaded_max_pool_forward(x, g):
+    y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
+    arg = np.empty(y.shape, np.int8 if g.kernel[0] * g.kernel[1] < 128 else np.int32)
+    return split_samples(max_pool_forward, (y, arg), (x,), (g,))
+
+
+def threaded_max_pool_backward(dy, arg, g):
+    return split_samples(max_pool_backward, (np.empty((*dy.shape[:2], *g.in_chw[1:]), dy.dtype),), (dy, arg), (g,))
+
+
+def threaded_avg_pool_forward(x, g, inv_count):
+    return split_samples(avg_pool_forward, (np.empty((*x.shape[:2], *g.out_hw), x.dtype),), (x,), (g, inv_count))
+
+
+def threaded_avg_pool_backward(dy, g, inv_count):
+    dx = np.empty((*dy.shape[:2], *g.in_chw[1:]), dy.dtype)
+    return split_samples(avg_pool_backward, (dx,), (dy,), (g, inv_count))
+
+
+def threaded_batchnorm_stats(x3):
+    f = x3.shape[1]
+    mean, var = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+
+    def work(k0, k1):
+        mean[k0:k1], var[k0:k1] = batchnorm_stats(x3[:, k0:k1])
+
+    over_batch(work, f, x3.size)
+    return mean, var
+
+
+def threaded_batchnorm_affine(x3, scale, shift):
+    return split_samples(batchnorm_affine, (np.empty(x3.shape, x3.dtype),), (x3,), (scale, shift))
+
+
+def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma):
+    f = x3.shape[1]
+    dx3 = np.empty(x3.shape, x3.dtype)
+    dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+
+    def work(k0, k1):
+        part = batchnorm_backward(x3[:, k0:k1], dy3[:, k0:k1], mean[k0:k1], inv_std[k0:k1], gamma[k0:k1])
+        dx3[:, k0:k1], dgamma[k0:k1], dbeta[k0:k1] = part
+
+    over_batch(work, f, x3.size)
+    return dx3, dgamma, dbeta
+
+
+def threaded_relu_forward(x):
+    if x.ndim == 0:
+        return relu_forward(x)
+    return split_samples(relu_forward, (np.empty(x.shape, x.dtype),), (x,))
+
+
+def threaded_relu_backward(dy, y):
+    if dy.ndim == 0:
+        return relu_backward(dy, y)
+    return split_samples(relu_backward, (np.empty(dy.shape, dy.dtype),), (dy, y))
+
+
 KERNEL_NAMES = (
     "im2col",
     "col2im",
@@ -762,7 +839,7 @@ KERNEL_NAMES = (
 )
 """What every kernel namespace provides (:data:`NUMPY` here, :data:`nettrain.fast.NUMBA`)."""
 
-NUMPY = SimpleNamespace(name="numpy", **{k: globals()[k] for k in KERNEL_NAMES})
+NUMPY = SimpleNamespace(name="numpy", **{k: globals().get(f"threaded_{k}", globals()[k]) for k in KERNEL_NAMES})
 """The reference kernels as one namespace; :data:`nettrain.fast.NUMBA` has the same names."""
 
 
