@@ -45,7 +45,6 @@ def torch_model(model):
 
 def torch_layer(layer):
     """The torch module for one nettrain layer (containers recursively)."""
-    import torch
     import torch.nn as nn
 
     kind = layer.type_name

@@ -148,7 +148,6 @@ def _wide_enough(table):
 
 
 def _print_summary(summary) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 

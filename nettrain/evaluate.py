@@ -271,7 +271,7 @@ def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list
     for f in files:
         path = Path(f)
         if path.suffix.lower() == ".npz":
-            raw, labels = read_npz_inputs(path), None
+            raw = read_npz_inputs(path)
             ids = [f"{path}[{i}]" for i in range(len(raw))]
         elif path.suffix.lower() in IMAGE_SUFFIXES or path.is_file():
             raw, ids = read_image(path, model.input_shape)[None], [str(path)]

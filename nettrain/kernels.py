@@ -22,7 +22,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 
@@ -222,11 +221,16 @@ class ConvGeometry:
         return h + top + bottom, w + left + right
 
 
-def batch_chunks(n: int, bytes_per_sample: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` ranges over ``n`` samples, each about ``CHUNK_BYTES`` of work array."""
+def batch_chunks(n: int, bytes_per_sample: int, workers: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges over ``n`` samples, each about ``CHUNK_BYTES`` of work array.
+
+    Their count is a multiple of ``workers`` and their sizes differ by one at most, so
+    that every worker thread gets the same amount of work.
+    """
     step = max(1, min(n, CHUNK_BYTES // max(bytes_per_sample, 1)))
-    for start in range(0, n, step):
-        yield start, min(start + step, n)
+    count = -(-n // step)
+    count = min(n, -(-count // workers) * workers)
+    return [(n * k // count, n * (k + 1) // count) for k in range(count)]
 
 
 # -- padding and windows ---------------------------------------------------------
@@ -313,8 +317,13 @@ def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np
     return out
 
 
-def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops=None) -> np.ndarray:
-    """(N, C, H, W) -> (N, F, OH, OW): one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
+def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops=None,
+                   keep_cols: dict | None = None) -> np.ndarray:
+    """(N, C, H, W) -> (N, F, OH, OW): one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk.
+
+    With a ``keep_cols`` dict, each chunk's columns are kept there (keyed by its sample range)
+    for :func:`conv2d_backward`, which then need not build them again.
+    """
     ops = ops or NUMPY
     n, f = x.shape[0], kernel.shape[0]
     w2 = kernel.reshape(f, -1)
@@ -322,22 +331,29 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
 
     def work(_, chunks):
         for n0, n1 in chunks:
-            cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, (n1 - n0) * g.pixels), x.dtype))
+            shape = (g.rows, (n1 - n0) * g.pixels)
+            buf = scratch("cols", shape, x.dtype) if keep_cols is None else np.empty(shape, x.dtype)
+            cols = ops.im2col(x[n0:n1], g, buf)
+            if keep_cols is not None:
+                keep_cols[(n0, n1)] = cols
             z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
             ops.samples_major(z, bias, y[n0:n1])
 
-    run_on_chunks(work, list(batch_chunks(n, g.rows * g.pixels * x.itemsize)), chunk_workers())
+    workers = chunk_workers()
+    run_on_chunks(work, batch_chunks(n, g.rows * g.pixels * x.itemsize, workers), workers)
     return y.reshape(n, f, *g.out_hw)
 
 
 def conv2d_backward(
     x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops=None,
-    need_dx: bool = True,
+    need_dx: bool = True, kept_cols: dict | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None.
 
-    Per chunk: recompute the columns, dW += dY cols^T, then (if ``need_dx``) dcols = W^T dY, col2im.
+    Per chunk: the columns (kept by the forward pass, else built again), dW += dY cols^T,
+    then (if ``need_dx``) dcols = W^T dY, col2im.
     """
+    kept_cols = kept_cols or {}
     ops = ops or NUMPY
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
@@ -351,7 +367,9 @@ def conv2d_backward(
         part = np.empty((f, g.rows), dtype=x.dtype)
         for n0, n1 in chunks:
             m = (n1 - n0) * g.pixels
-            cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
+            cols = kept_cols.get((n0, n1))
+            if cols is None:
+                cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
             dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
             dws[k] += np.matmul(dz, cols.T, out=part)
             if with_bias:
@@ -360,7 +378,7 @@ def conv2d_backward(
                 dcols = np.matmul(w2t, dz, out=cols)
                 ops.col2im(dcols, g, dx[n0:n1])
 
-    run_on_chunks(work, list(batch_chunks(n, g.rows * g.pixels * x.itemsize)), workers)
+    run_on_chunks(work, batch_chunks(n, g.rows * g.pixels * x.itemsize, workers), workers)
     return dx, dws.sum(axis=0).reshape(kernel.shape), dbs.sum(axis=0) if with_bias else None
 
 

@@ -340,3 +340,23 @@ def test_over_batch_covers_every_item_once(monkeypatch):
     np.testing.assert_array_equal(hits, 1)
     kernels.over_batch(work, 2, elements=kernels.PARALLEL_MIN_ELEMENTS)  # fewer items than threads
     np.testing.assert_array_equal(hits, [2, 2] + [1] * 8)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_conv_columns_kept_from_forward_give_the_same_gradients(flag):
+    """A patchifying conv keeps its columns from a training forward; backward must not depend on that."""
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=3, kernel_size=2, strides=2))
+    rng = np.random.default_rng(7)
+    layer.build((2, 6, 8), rng)
+    x = rng.standard_normal((5, 2, 6, 8)).astype(np.float32)
+    dy = rng.standard_normal((5, 3, 3, 4)).astype(np.float32)
+    previous = fast.set_enabled(flag)
+    try:
+        layer.forward(x, training=True)
+        assert layer._cols  # kept
+        kept = layer_outputs_and_grads(layer, x, dy, training=True)
+        rebuilt = layer_outputs_and_grads(layer, x, dy, training=False)  # eval forward keeps nothing
+    finally:
+        fast.set_enabled(previous)
+    assert_same_results(kept, rebuilt, tol=1e-6)

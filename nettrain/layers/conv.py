@@ -111,8 +111,11 @@ class Conv2D(Layer):
     def forward(self, x, training=False):
         x = np.ascontiguousarray(x)
         ops = kernels.backend(x.dtype)
-        z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), self.geometry, ops)
-        # backward recomputes the columns from x chunk by chunk instead of keeping them
+        # backward builds the columns again from x, chunk by chunk, unless they cost little
+        # memory: at most twice the input, as for a patchifying conv (stride >= kernel)
+        g = self.geometry
+        self._cols = {} if training and g.rows * g.pixels <= 2 * math.prod(g.in_chw) else None
+        z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
         self._x = x
         if self.act is None:
             return z
@@ -126,8 +129,10 @@ class Conv2D(Layer):
         dy = np.ascontiguousarray(dy)
         ops = kernels.backend(dy.dtype)
         dx, dkernel, dbias = kernels.conv2d_backward(
-            self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops, self.input_grad
+            self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops, self.input_grad,
+            self._cols,
         )
+        self._cols = None
         self.grads["kernel"][...] = dkernel
         if dbias is not None:
             self.grads["bias"][...] = dbias
