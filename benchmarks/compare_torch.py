@@ -527,7 +527,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("configs", nargs="*", default=CASES, help="config names in configs/ or YAML paths")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for each framework (nettrain: NETTRAIN_THREADS; torch: set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
