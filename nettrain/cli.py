@@ -354,11 +354,16 @@ def bench(
     format: str = typer.Option("table", "--format", help="table or json"),
     use_fast: Optional[bool] = typer.Option(None, "--fast/--no-fast",
                                             help="compiled (numba) or NumPy kernels; default: numba when installed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="worker threads (sets NETTRAIN_THREADS); default: one per core"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Training and forward throughput on random data, time per layer, peak memory."""
     from .bench import benchmark
     from .config import load_config
+
+    if threads is not None:
+        os.environ["NETTRAIN_THREADS"] = str(threads)
 
     def run():
         if format not in ("table", "json"):

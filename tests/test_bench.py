@@ -109,7 +109,7 @@ def test_bench_command_json(cnn_config):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["kernels"] == "numpy" and report["config"] == "tiny_cnn"
-    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mb", "layers", "kernels"} <= set(report)
+    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mb", "layers", "kernels", "threads"} <= set(report)
 
 
 def test_bench_command_table(cnn_config):
@@ -126,3 +126,11 @@ def test_bench_command_errors_are_one_line(cnn_config, tmp_path):
     missing = runner.invoke(app, ["bench", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
     assert "Traceback" not in bad_format.output + missing.output
+
+
+def test_bench_threads_option_sets_the_worker_count(cnn_config, monkeypatch):
+    monkeypatch.setenv("NETTRAIN_THREADS", "1")  # restored after the test, whatever the command sets
+    result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "4", "--steps", "2",
+                                      "--warmup", "0", "--format", "json", "--threads", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["threads"] == 3
