@@ -322,7 +322,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     """(N, C, H, W) -> (N, F, OH, OW): one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk.
 
     With a ``keep_cols`` dict, each chunk's columns are kept there (keyed by its sample range)
-    for :func:`conv2d_backward`, which then need not build them again.
+    for :func:`conv2d_backward`, which then need not build them again; arrays already in it
+    are written over.
     """
     ops = ops or NUMPY
     n, f = x.shape[0], kernel.shape[0]
@@ -332,7 +333,12 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     def work(_, chunks):
         for n0, n1 in chunks:
             shape = (g.rows, (n1 - n0) * g.pixels)
-            buf = scratch("cols", shape, x.dtype) if keep_cols is None else np.empty(shape, x.dtype)
+            if keep_cols is None:
+                buf = scratch("cols", shape, x.dtype)
+            else:  # the caller's arrays from the last step are reused: fresh pages cost a fault each
+                buf = keep_cols.get((n0, n1))
+                if buf is None or buf.shape != shape or buf.dtype != x.dtype:
+                    buf = np.empty(shape, x.dtype)
             cols = ops.im2col(x[n0:n1], g, buf)
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = cols

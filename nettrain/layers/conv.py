@@ -114,7 +114,10 @@ class Conv2D(Layer):
         # backward builds the columns again from x, chunk by chunk, unless they cost little
         # memory: at most twice the input, as for a patchifying conv (stride >= kernel)
         g = self.geometry
-        self._cols = {} if training and g.rows * g.pixels <= 2 * math.prod(g.in_chw) else None
+        keep = training and g.rows * g.pixels <= 2 * math.prod(g.in_chw)
+        if keep and x.shape[0] != getattr(self, "_cols_batch", None):
+            self._kept_cols, self._cols_batch = {}, x.shape[0]  # other chunks: start afresh
+        self._cols = self._kept_cols if keep else None
         z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
         self._x = x
         if self.act is None:
