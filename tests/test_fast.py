@@ -360,3 +360,15 @@ def test_conv_columns_kept_from_forward_give_the_same_gradients(flag):
     finally:
         fast.set_enabled(previous)
     assert_same_results(kept, rebuilt, tol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_max_pool_ties_and_argmax_match_the_reference(seed):
+    """Small integers make ties everywhere: both paths must pick the first cell in row-major order."""
+    rng = np.random.default_rng(300 + seed)
+    g = random_geometry(rng, pool=True)
+    x = rng.integers(-2, 3, size=(3, *g.in_chw)).astype(np.float32)
+    y1, arg1 = fast.max_pool_forward(x, g)
+    y2, arg2 = kernels.max_pool_forward(x, g)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(arg1, arg2)
