@@ -128,26 +128,46 @@ def chunk_workers() -> int:
     return available_cores()
 
 
+_LOCAL = threading.local()  # .busy: this thread is running a share already
+
+
+def _share(work, k, share):
+    _LOCAL.busy = True
+    try:
+        work(k, share)
+    finally:
+        _LOCAL.busy = False
+
+
 def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
     """Call ``work(worker_index, its_chunks)`` for ``workers`` interleaved shares of ``chunks``.
 
-    With more than one worker the BLAS is single-threaded meanwhile (see above).
+    The calling thread runs share 0 itself and the pool the others, with the BLAS
+    single-threaded meanwhile (see above). Called from inside a share, it runs serially.
     """
     workers = max(1, min(workers, len(chunks)))
-    if workers == 1:
+    if workers == 1 or getattr(_LOCAL, "busy", False):
         work(0, chunks)
         return
     b = blas()
     before = b.get()
-    pool = _POOL.get(workers)
+    pool = _POOL.get(workers - 1)
     if pool is None:
-        pool = _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="nettrain-chunks")
+        pool = _POOL[workers - 1] = ThreadPoolExecutor(workers - 1, thread_name_prefix="nettrain-chunks")
     b.set(1)
     try:
-        for future in [pool.submit(work, k, chunks[k::workers]) for k in range(workers)]:
-            future.result()
+        futures = [pool.submit(_share, work, k, chunks[k::workers]) for k in range(1, workers)]
+        try:
+            _share(work, 0, chunks[0::workers])
+        finally:
+            for future in futures:  # every share ends before the arrays they write are handed on
+                future.result()
     finally:
         b.set(before)
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+    os.register_at_fork(after_in_child=_POOL.clear)
 
 
 # Below this many elements a kernel runs in the calling thread: handing work to the

@@ -89,3 +89,28 @@ def test_threaded_matmuls_match_numpy(monkeypatch, workers):
     a, b, c = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 5), (5, 8), (37, 8)))
     np.testing.assert_allclose(kernels.matmul(a, b, np.empty((37, 8), np.float32)), a @ b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernels.matmul_tn(a, c, np.empty((5, 8), np.float32)), a.T @ c, rtol=1e-5, atol=1e-5)
+
+
+def test_nested_splits_run_serially_in_the_worker(monkeypatch):
+    """A kernel that splits its work, called from inside a share, must not wait on the busy pool."""
+    monkeypatch.setenv("NETTRAIN_THREADS", "2")
+    hits = np.zeros((4, 6), int)
+
+    def inner(row):
+        def work(a, b):
+            hits[row, a:b] += 1
+        kernels.over_batch(work, 6, elements=kernels.PARALLEL_MIN_ELEMENTS)
+
+    kernels.over_batch(lambda a, b: [inner(r) for r in range(a, b)], 4, elements=kernels.PARALLEL_MIN_ELEMENTS)
+    np.testing.assert_array_equal(hits, 1)
+
+
+def test_a_failing_share_raises_in_the_caller(monkeypatch):
+    monkeypatch.setenv("NETTRAIN_THREADS", "2")
+
+    def work(a, b):
+        if a > 0:
+            raise ValueError("share failed")
+
+    with pytest.raises(ValueError, match="share failed"):
+        kernels.over_batch(work, 4, elements=kernels.PARALLEL_MIN_ELEMENTS)
