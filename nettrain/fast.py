@@ -238,6 +238,13 @@ def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 # -- pooling ---------------------------------------------------------------------
+@_jit(inline="always")
+def _window_span(o: int, stride: int, pad: int, k: int, size: int):
+    """Input cells [lo, hi) along one axis that output position ``o``'s window covers."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
+
+
 @_jit
 def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
     n, c_in, h, w = x.shape
@@ -247,11 +254,9 @@ def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
         c = t % c_in
         img = x[s, c]
         for a in range(oh):
-            r0 = max(a * sh - pt, 0)
-            r1 = min(a * sh - pt + ph, h)
+            r0, r1 = _window_span(a, sh, pt, ph, h)
             for b in range(ow):
-                q0 = max(b * sw - pl, 0)
-                q1 = min(b * sw - pl + pw, w)
+                q0, q1 = _window_span(b, sw, pl, pw, w)
                 if r0 >= r1 or q0 >= q1:  # a window wholly in the padding
                     y[s, c, a, b] = -np.inf
                     arg[s, c, a, b] = -1
@@ -297,11 +302,9 @@ def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
         c = t % c_in
         img = x[s, c]
         for a in range(oh):
-            r0 = max(a * sh - pt, 0)
-            r1 = min(a * sh - pt + ph, h)
+            r0, r1 = _window_span(a, sh, pt, ph, h)
             for b in range(ow):
-                q0 = max(b * sw - pl, 0)
-                q1 = min(b * sw - pl + pw, w)
+                q0, q1 = _window_span(b, sw, pl, pw, w)
                 total = 0.0
                 for r in range(r0, r1):
                     for q in range(q0, q1):
@@ -319,11 +322,9 @@ def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, inv_count, dx):
         img = dx[s, c]
         img[...] = 0
         for a in range(oh):
-            r0 = max(a * sh - pt, 0)
-            r1 = min(a * sh - pt + ph, h)
+            r0, r1 = _window_span(a, sh, pt, ph, h)
             for b in range(ow):
-                q0 = max(b * sw - pl, 0)
-                q1 = min(b * sw - pl + pw, w)
+                q0, q1 = _window_span(b, sw, pl, pw, w)
                 share = dy[s, c, a, b] * inv_count[a, b]
                 for r in range(r0, r1):
                     for q in range(q0, q1):
@@ -334,7 +335,7 @@ def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.nda
     """(N, C, H, W) -> (max, argmax offset); see :func:`nettrain.kernels.max_pool_forward`."""
     ph, pw = g.kernel
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
-    arg = np.empty(y.shape, np.int8 if ph * pw < 128 else np.int32)
+    arg = np.empty(y.shape, kernels.argmax_dtype(g))
     x = np.ascontiguousarray(x)
     over_batch(lambda a, b: _max_pool_forward(x[a:b], ph, pw, *g.stride, g.pad[0], g.pad[2], y[a:b], arg[a:b]),
                x.shape[0], x.size)
@@ -471,27 +472,17 @@ def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
 
 
 # -- activations -----------------------------------------------------------------
-_BLOCK = 1 << 14  # elements per parallel task of an element-wise kernel
-
-
 @_jit
 def _relu_forward(x, y):
-    for t in range((x.size + _BLOCK - 1) // _BLOCK):
-        src = x[t * _BLOCK : (t + 1) * _BLOCK]
-        dst = y[t * _BLOCK : (t + 1) * _BLOCK]
-        for e in range(src.size):
-            v = src[e]
-            dst[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
+    for e in range(x.size):
+        v = x[e]
+        y[e] = 0 if v < 0 else v  # NaN passes through, as in np.maximum
 
 
 @_jit
 def _relu_backward(dy, y, dx):
-    for t in range((dy.size + _BLOCK - 1) // _BLOCK):
-        g = dy[t * _BLOCK : (t + 1) * _BLOCK]
-        out = y[t * _BLOCK : (t + 1) * _BLOCK]
-        dst = dx[t * _BLOCK : (t + 1) * _BLOCK]
-        for e in range(g.size):
-            dst[e] = g[e] if out[e] > 0 else g[e] * 0  # dy * (y > 0), so a NaN in dy stays NaN
+    for e in range(dy.size):
+        dx[e] = dy[e] if y[e] > 0 else dy[e] * 0  # dy * (y > 0), so a NaN in dy stays NaN
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:

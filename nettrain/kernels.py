@@ -154,7 +154,8 @@ def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
     pool = _POOL.get(workers - 1)
     if pool is None:
         pool = _POOL[workers - 1] = ThreadPoolExecutor(workers - 1, thread_name_prefix="nettrain-chunks")
-    b.set(1)
+    if before != 1:
+        b.set(1)
     try:
         futures = [pool.submit(_share, work, k, chunks[k::workers]) for k in range(1, workers)]
         try:
@@ -163,7 +164,8 @@ def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
             for future in futures:  # every share ends before the arrays they write are handed on
                 future.result()
     finally:
-        b.set(before)
+        if before != 1:
+            b.set(before)
 
 
 if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
@@ -175,15 +177,24 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's thr
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
+def even_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` consecutive ``(start, stop)`` ranges covering ``range(n)``, sizes differing by one at most."""
+    return [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+
+
+def split_workers(n: int, elements: int) -> int:
+    """Worker threads for a job of ``n`` separable items and ``elements`` in all: 1 when too small to split."""
+    return max(1, min(chunk_workers(), n)) if elements >= PARALLEL_MIN_ELEMENTS else 1
+
+
 def over_batch(work, n: int, elements: int) -> None:
     """Call ``work(start, stop)`` on about equal ranges of ``n`` items, one per worker thread.
 
     For kernels that release the GIL and write disjoint slices; ``elements`` (the size
     of the job) decides whether splitting is worth it.
     """
-    workers = max(1, min(chunk_workers(), n)) if elements >= PARALLEL_MIN_ELEMENTS else 1
-    bounds = [(n * k // workers, n * (k + 1) // workers) for k in range(workers)]
-    run_on_chunks(lambda _, share: [work(a, b) for a, b in share], bounds, workers)
+    workers = split_workers(n, elements)
+    run_on_chunks(lambda _, share: [work(a, b) for a, b in share], even_ranges(n, workers), workers)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -198,17 +209,17 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     The weight gradient of a layer applied at every position (recurrent, dense on sequences).
     """
     m = a.shape[0]
-    workers = max(1, min(chunk_workers(), m)) if m * out.size >= PARALLEL_MIN_ELEMENTS * 16 else 1
+    # each thread adds a partial (K, L) sum: worth it for about 16 multiply-adds per element or more
+    workers = split_workers(m, m * out.size // 16)
     if workers == 1:
         return np.matmul(a.T, b, out=out)
     parts = np.empty((workers, *out.shape), out.dtype)
-    bounds = [(m * k // workers, m * (k + 1) // workers) for k in range(workers)]
 
     def work(k, share):
         for r0, r1 in share:
             np.matmul(a[r0:r1].T, b[r0:r1], out=parts[k])
 
-    run_on_chunks(work, bounds, workers)
+    run_on_chunks(work, even_ranges(m, workers), workers)
     return np.sum(parts, axis=0, out=out)
 
 
@@ -249,8 +260,7 @@ def batch_chunks(n: int, bytes_per_sample: int, workers: int = 1) -> list[tuple[
     """
     step = max(1, min(n, CHUNK_BYTES // max(bytes_per_sample, 1)))
     count = -(-n // step)
-    count = min(n, -(-count // workers) * workers)
-    return [(n * k // count, n * (k + 1) // count) for k in range(count)]
+    return even_ranges(n, min(n, -(-count // workers) * workers))
 
 
 # -- padding and windows ---------------------------------------------------------
@@ -366,7 +376,10 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
             ops.samples_major(z, bias, y[n0:n1])
 
     workers = chunk_workers()
-    run_on_chunks(work, batch_chunks(n, g.rows * g.pixels * x.itemsize, workers), workers)
+    chunks = batch_chunks(n, g.rows * g.pixels * x.itemsize, workers)
+    if keep_cols is not None and keep_cols.keys() != set(chunks):
+        keep_cols.clear()  # another batch size or thread count: other chunks
+    run_on_chunks(work, chunks, workers)
     return y.reshape(n, f, *g.out_hw)
 
 
@@ -450,6 +463,11 @@ def unpad_last(tp: np.ndarray, pad: Pad4) -> np.ndarray:
     return tp[top : tp.shape[0] - bottom, left : tp.shape[1] - right]
 
 
+def argmax_dtype(g: ConvGeometry) -> type:
+    """The smallest integer type that holds a window offset i*pw + j (and -1)."""
+    return np.int8 if g.kernel[0] * g.kernel[1] < 128 else np.int32
+
+
 def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) -> (max (N, C, OH, OW), argmax offset i*pw + j (N, C, OH, OW) as int8/int32).
 
@@ -460,7 +478,7 @@ def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.nda
     ph, pw = g.kernel
     tp = pad_last(images_last(x), g.pad, -np.inf)
     best = window_last(tp, 0, 0, g.stride, g.out_hw).copy()
-    arg = np.zeros(best.shape, dtype=np.int8 if ph * pw < 128 else np.int32)
+    arg = np.zeros(best.shape, dtype=argmax_dtype(g))
     better = np.empty(best.shape, dtype=bool)
     offset = np.empty_like(arg)
     for i in range(ph):
@@ -803,7 +821,7 @@ def split_samples(fn, outputs: tuple, batched: tuple, shared: tuple = ()):
 
 def threaded_max_pool_forward(x, g):
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
-    arg = np.empty(y.shape, np.int8 if g.kernel[0] * g.kernel[1] < 128 else np.int32)
+    arg = np.empty(y.shape, argmax_dtype(g))
     return split_samples(max_pool_forward, (y, arg), (x,), (g,))
 
 

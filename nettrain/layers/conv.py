@@ -100,6 +100,7 @@ class Conv2D(Layer):
         if s.use_bias:
             self.params["bias"] = initialize(s.bias_initializer, (s.filters,), fan_in, fan_out, rng)
         self.act = ACTIVATIONS[s.activation] if s.activation else None
+        self._kept_cols: dict = {}  # the columns' arrays, reused from step to step
         self.zero_grads()
         self.out_shape = (s.filters, *self.out_hw)
         return self.out_shape
@@ -115,8 +116,6 @@ class Conv2D(Layer):
         # memory: at most twice the input, as for a patchifying conv (stride >= kernel)
         g = self.geometry
         keep = training and g.rows * g.pixels <= 2 * math.prod(g.in_chw)
-        if keep and x.shape[0] != getattr(self, "_cols_batch", None):
-            self._kept_cols, self._cols_batch = {}, x.shape[0]  # other chunks: start afresh
         self._cols = self._kept_cols if keep else None
         z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
         self._x = x

@@ -152,7 +152,7 @@ class Recurrent(Layer):
         np.sum(dxw, axis=0, out=self.grad_buffer("bias"))
         kernels.matmul_tn(h_prev, dhw.reshape(steps * n, -1), self.grad_buffer("recurrent_kernel"))
         self.store_extra_grads(dhw)
-        if not getattr(self, "input_grad", True):
+        if not self.input_grad:
             return None
         dx = kernels.matmul(dxw, self.params["kernel"].T, self.work("dx", (steps * n, self.in_shape[1])))
         return dx.reshape(steps, n, -1).transpose(1, 0, 2).copy()
