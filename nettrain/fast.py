@@ -530,6 +530,18 @@ _HALF, _ONE = _F32(0.5), _F32(1.0)
 _CELL = dict(error_model="numpy", fastmath={"contract"})
 
 
+@_jit(inline="always")
+def _gates4(row, u):
+    """The four gate blocks of a fused (4U,) row, as views."""
+    return row[:u], row[u : 2 * u], row[2 * u : 3 * u], row[3 * u :]
+
+
+@_jit(inline="always")
+def _gates3(row, u):
+    """The three gate blocks of a fused (3U,) row, as views."""
+    return row[:u], row[u : 2 * u], row[2 * u :]
+
+
 # Every branch below is a plain select, so that the loops calling it vectorise.
 @_jit(inline="always")
 def _tanh(v):
@@ -592,8 +604,8 @@ def lstm_cell_forward(gates, hr, c_prev, c, tanh_c, h):
     n, u = c.shape
     for s in range(n):
         row, rec = gates[s], hr[s]
-        gi, gf, gg, go = row[:u], row[u : 2 * u], row[2 * u : 3 * u], row[3 * u :]
-        ri, rf, rg, ro = rec[:u], rec[u : 2 * u], rec[2 * u : 3 * u], rec[3 * u :]
+        gi, gf, gg, go = _gates4(row, u)
+        ri, rf, rg, ro = _gates4(rec, u)
         cp, cs, tc, hs = c_prev[s], c[s], tanh_c[s], h[s]
         for j in range(u):
             i = _sigmoid(gi[j] + ri[j])
@@ -615,8 +627,8 @@ def lstm_cell_backward(dy, dh, acts, c_prev, tanh_c, dc, da):
     n, u = dc.shape
     for s in range(n):
         row, grad = acts[s], da[s]
-        ai, af, ag, ao = row[:u], row[u : 2 * u], row[2 * u : 3 * u], row[3 * u :]
-        di, df, dg, do = grad[:u], grad[u : 2 * u], grad[2 * u : 3 * u], grad[3 * u :]
+        ai, af, ag, ao = _gates4(row, u)
+        di, df, dg, do = _gates4(grad, u)
         gy, gh, cp, tc, gc = dy[s], dh[s], c_prev[s], tanh_c[s], dc[s]
         for j in range(u):
             i, f, g, o, t = ai[j], af[j], ag[j], ao[j], tc[j]
@@ -636,11 +648,11 @@ def gru_cell_forward(gates, hr, recurrent_bias, h_prev, hw_n, h):
     See :func:`nettrain.kernels.gru_cell_forward`.
     """
     n, u = h.shape
-    br, bz, bn = recurrent_bias[:u], recurrent_bias[u : 2 * u], recurrent_bias[2 * u :]
+    br, bz, bn = _gates3(recurrent_bias, u)
     for s in range(n):
         row, rec = gates[s], hr[s]
-        gr, gz, gn = row[:u], row[u : 2 * u], row[2 * u :]
-        rr, rz, rn = rec[:u], rec[u : 2 * u], rec[2 * u :]
+        gr, gz, gn = _gates3(row, u)
+        rr, rz, rn = _gates3(rec, u)
         hp, wn, hs = h_prev[s], hw_n[s], h[s]
         for j in range(u):
             r = _sigmoid(gr[j] + (rr[j] + br[j]))
@@ -661,9 +673,9 @@ def gru_cell_backward(dy, dh, dh_carry, h_prev, acts, hw_n, dxw, dhw):
     n, u = h_prev.shape
     for s in range(n):
         row, gx, gw = acts[s], dxw[s], dhw[s]
-        ar, az, an = row[:u], row[u : 2 * u], row[2 * u :]
-        xr, xz, xn = gx[:u], gx[u : 2 * u], gx[2 * u :]
-        wr, wz, wn = gw[:u], gw[u : 2 * u], gw[2 * u :]
+        ar, az, an = _gates3(row, u)
+        xr, xz, xn = _gates3(gx, u)
+        wr, wz, wn = _gates3(gw, u)
         gy, gh, carry, hp, hn = dy[s], dh[s], dh_carry[s], h_prev[s], hw_n[s]
         for j in range(u):
             r, z, cand = ar[j], az[j], an[j]
