@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import fast
+from . import kernels
 from .errors import NettrainError
 from .kernels import chunk_workers
 from .losses import build_loss
@@ -154,15 +154,15 @@ class LayerTimer:
 def kernel_path(use_fast: bool | None) -> Iterator[str]:
     """Run the block with the compiled kernels on (True), off (False) or as configured (None)."""
     if use_fast is None:
-        yield fast.kernel_path()
+        yield kernels.kernel_path()
         return
-    if use_fast and not fast.AVAILABLE:
+    if use_fast and not kernels.compiled_available():
         raise NettrainError("--fast needs numba; install it with: pip install 'nettrain[fast]'")
-    previous = fast.set_enabled(use_fast)
+    previous = kernels.set_compiled(use_fast)
     try:
-        yield fast.kernel_path()
+        yield kernels.kernel_path()
     finally:
-        fast.set_enabled(previous)
+        kernels.set_compiled(previous)
 
 
 def benchmark(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nettrain import fast
+from nettrain import kernels
 from nettrain.bench import LayerTimer, benchmark, random_batch
 from nettrain.builder import build_model
 from nettrain.cli import app
@@ -59,7 +59,7 @@ def test_benchmark_reports_throughput_memory_and_every_layer(cnn_config):
     result = benchmark(config, batch_size=4, steps=2, warmup=1)
     for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mb"):
         assert result[key] > 0, key
-    assert result["kernels"] == fast.kernel_path()
+    assert result["kernels"] == kernels.kernel_path()
     assert result["batch_size"] == 4 and result["steps"] == 2
     model = build_model(config)
     assert result["params"] == model.param_count()
@@ -95,12 +95,12 @@ def test_benchmark_handles_sequences_and_other_losses(tmp_path):
     assert x.shape == (3, 5, 4) and x.dtype == np.float32 and y.shape == (3, 5, 3)
 
 
-@pytest.mark.parametrize("use_fast", [False] + ([True] if fast.AVAILABLE else []))
+@pytest.mark.parametrize("use_fast", [False] + ([True] if kernels.compiled_available() else []))
 def test_kernel_path_is_chosen_and_restored(cnn_config, use_fast):
-    before = fast.enabled()
+    before = kernels.compiled_enabled()
     result = benchmark(load_config(cnn_config), batch_size=2, steps=2, warmup=0, use_fast=use_fast)
     assert result["kernels"] == ("numba" if use_fast else "numpy")
-    assert fast.enabled() == before
+    assert kernels.compiled_enabled() == before
 
 
 def test_bench_command_json(cnn_config):
@@ -116,7 +116,7 @@ def test_bench_command_table(cnn_config):
     result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "2", "--steps", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "img/s" in result.output and "peak memory" in result.output
-    assert "residual_1" in result.output and f"kernels: {fast.kernel_path()}" in result.output
+    assert "residual_1" in result.output and f"kernels: {kernels.kernel_path()}" in result.output
 
 
 def test_bench_command_errors_are_one_line(cnn_config, tmp_path):

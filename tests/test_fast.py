@@ -6,19 +6,23 @@ import sys
 import numpy as np
 import pytest
 
-from nettrain import fast, kernels
+from nettrain import kernels
+from nettrain.kernels import dispatch, pool, reference
 from nettrain.layers import REGISTRY
 
 pytest.importorskip("numba")
+from nettrain.kernels import compiled  # noqa: E402
+
+NUMBA = kernels.kernel_set("numba")
 
 RTOL, ATOL = 1e-5, 1e-5
 
 
 @pytest.fixture
 def fast_on():
-    previous = fast.set_enabled(True)
+    previous = kernels.set_compiled(True)
     yield
-    fast.set_enabled(previous)
+    kernels.set_compiled(previous)
 
 
 def random_geometry(rng, pool=False):
@@ -54,20 +58,20 @@ def test_im2col_and_col2im_match_the_reference(g):
     n = int(rng.integers(1, 4))
     x = rng.standard_normal((n, *g.in_chw)).astype(np.float32)
     shape = (g.rows, n * g.pixels)
-    expect = kernels.im2col(x, g, np.empty(shape, np.float32))
-    got = fast.im2col(x, g, np.full(shape, np.nan, np.float32))
+    expect = reference.im2col(x, g, np.empty(shape, np.float32))
+    got = NUMBA.im2col(x, g, np.full(shape, np.nan, np.float32))
     np.testing.assert_array_equal(got, expect)
     cols = rng.standard_normal(shape).astype(np.float32)
-    expect_dx = kernels.col2im(cols.copy(), g, np.empty_like(x))
-    got_dx = fast.col2im(cols.copy(), g, np.full_like(x, np.nan))
+    expect_dx = reference.col2im(cols.copy(), g, np.empty_like(x))
+    got_dx = NUMBA.col2im(cols.copy(), g, np.full_like(x, np.nan))
     np.testing.assert_allclose(got_dx, expect_dx, rtol=RTOL, atol=ATOL)
 
 
 def test_im2col_of_a_chunk_matches_the_rows_of_the_whole_batch():
     g = kernels.ConvGeometry((3, 8, 8), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (8, 8))
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
-    whole = fast.im2col(x, g, np.empty((g.rows, 5 * g.pixels), np.float32))
-    part = fast.im2col(x[2:4], g, np.empty((g.rows, 2 * g.pixels), np.float32))
+    whole = NUMBA.im2col(x, g, np.empty((g.rows, 5 * g.pixels), np.float32))
+    part = NUMBA.im2col(x[2:4], g, np.empty((g.rows, 2 * g.pixels), np.float32))
     np.testing.assert_array_equal(part, whole[:, 2 * g.pixels : 4 * g.pixels])
 
 
@@ -77,11 +81,11 @@ def test_layout_changes_match_the_reference(with_bias):
     n, f, p = 3, 5, 7
     z = rng.standard_normal((f, n * p)).astype(np.float32)
     bias = rng.standard_normal(f).astype(np.float32) if with_bias else None
-    expect = kernels.samples_major(z, bias, np.empty((n, f, p), np.float32))
-    np.testing.assert_array_equal(fast.samples_major(z, bias, np.empty((n, f, p), np.float32)), expect)
+    expect = reference.samples_major(z, bias, np.empty((n, f, p), np.float32))
+    np.testing.assert_array_equal(NUMBA.samples_major(z, bias, np.empty((n, f, p), np.float32)), expect)
     y = rng.standard_normal((n, f, p)).astype(np.float32)
-    np.testing.assert_array_equal(fast.channels_major(y, np.empty((f, n * p), np.float32)),
-                                  kernels.channels_major(y, np.empty((f, n * p), np.float32)))
+    np.testing.assert_array_equal(NUMBA.channels_major(y, np.empty((f, n * p), np.float32)),
+                                  reference.channels_major(y, np.empty((f, n * p), np.float32)))
 
 
 def layer_outputs_and_grads(layer, x, dy, training=True):
@@ -100,11 +104,11 @@ def both_paths(make_layer, in_shape, batch, seed, training=True):
     dy = rng.standard_normal(y.shape).astype(np.float32)
     results = []
     for flag in (True, False):
-        previous = fast.set_enabled(flag)
+        previous = kernels.set_compiled(flag)
         try:
             results.append(layer_outputs_and_grads(layer, x, dy, training))
         finally:
-            fast.set_enabled(previous)
+            kernels.set_compiled(previous)
     return results
 
 
@@ -143,7 +147,7 @@ def test_conv2d_layer_fast_matches_reference(seed):
 
 
 def test_conv2d_layer_fast_matches_reference_across_batch_chunks(monkeypatch):
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
     cls = REGISTRY["conv2d"]
     make = lambda: cls(cls.Spec(filters=4, kernel_size=3, padding="same", strides=2))  # noqa: E731
     got, expect = both_paths(make, (3, 9, 9), batch=5, seed=0)
@@ -177,15 +181,16 @@ def test_pool_kernels_on_random_geometries(seed):
     rng = np.random.default_rng(200 + seed)
     g = random_geometry(rng, pool=True)
     x = rng.standard_normal((2, *g.in_chw)).astype(np.float32)
-    y1, arg1 = fast.max_pool_forward(x, g)
-    y2, arg2 = kernels.max_pool_forward(x, g)
+    y1, arg1 = NUMBA.max_pool_forward(x, g)
+    y2, arg2 = reference.max_pool_forward(x, g)
     np.testing.assert_array_equal(y1, y2)
     dy = rng.standard_normal(y1.shape).astype(np.float32)
-    np.testing.assert_allclose(fast.max_pool_backward(dy, arg1, g), kernels.max_pool_backward(dy, arg2, g),
+    np.testing.assert_allclose(NUMBA.max_pool_backward(dy, arg1, g), reference.max_pool_backward(dy, arg2, g),
                                rtol=1e-6, atol=1e-6)
     inv = (1 / kernels.window_counts(g)).astype(np.float32)
-    np.testing.assert_allclose(fast.avg_pool_forward(x, g, inv), kernels.avg_pool_forward(x, g, inv), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(fast.avg_pool_backward(dy, g, inv), kernels.avg_pool_backward(dy, g, inv),
+    np.testing.assert_allclose(NUMBA.avg_pool_forward(x, g, inv), reference.avg_pool_forward(x, g, inv),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(NUMBA.avg_pool_backward(dy, g, inv), reference.avg_pool_backward(dy, g, inv),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -207,13 +212,13 @@ def test_batchnorm_fast_matches_reference(in_shape, training):
     dy = rng.standard_normal(x.shape).astype(np.float32)
     results, states = [], []
     for flag in (True, False):
-        previous = fast.set_enabled(flag)
+        previous = kernels.set_compiled(flag)
         saved = {k: v.copy() for k, v in layer.state.items()}
         try:
             results.append(layer_outputs_and_grads(layer, x, dy, training))
             states.append({k: v.copy() for k, v in layer.state.items()})
         finally:
-            fast.set_enabled(previous)
+            kernels.set_compiled(previous)
             for k, v in saved.items():
                 layer.state[k][...] = v
     assert_same_results(*results)
@@ -224,7 +229,7 @@ def test_batchnorm_fast_matches_reference(in_shape, training):
 def test_batchnorm_statistics_stay_accurate_far_from_zero(fast_on):
     # a large mean next to a small spread is where a careless E[x^2] - E[x]^2 in float32 fails
     x = (np.random.default_rng(4).standard_normal((64, 3, 32)) * 0.01 + 100).astype(np.float32)
-    mean, var = fast.batchnorm_stats(x)
+    mean, var = NUMBA.batchnorm_stats(x)
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-6)
     np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-3)
@@ -233,23 +238,44 @@ def test_batchnorm_statistics_stay_accurate_far_from_zero(fast_on):
 def test_relu_fast_matches_reference():
     x = np.random.default_rng(5).standard_normal((4, 3, 5)).astype(np.float32)
     x[0, 0, :2] = [np.nan, 0.0]
-    y1, y2 = fast.relu_forward(x), kernels.relu_forward(x)
+    y1, y2 = NUMBA.relu_forward(x), reference.relu_forward(x)
     np.testing.assert_array_equal(y1, y2)
     dy = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
-    np.testing.assert_array_equal(fast.relu_backward(dy, y1), kernels.relu_backward(dy, y2))
+    np.testing.assert_array_equal(NUMBA.relu_backward(dy, y1), reference.relu_backward(dy, y2))
     view = x[:, :, ::2]  # non-contiguous input falls back to the reference
-    np.testing.assert_array_equal(fast.relu_forward(view), kernels.relu_forward(view))
+    np.testing.assert_array_equal(NUMBA.relu_forward(view), reference.relu_forward(view))
 
 
 def test_selection_switches_paths_and_float64_uses_the_reference(fast_on):
-    assert fast.enabled() and fast.kernel_path() == "numba"
-    assert kernels.backend(np.float32) is fast.NUMBA
+    assert kernels.compiled_enabled() and kernels.kernel_path() == "numba"
+    assert kernels.backend(np.float32) is NUMBA
     assert kernels.backend(np.float64) is kernels.NUMPY
-    previous = fast.set_enabled(False)
+    previous = kernels.set_compiled(False)
     assert previous is True
-    assert fast.kernel_path() == "numpy" and kernels.backend(np.float32) is kernels.NUMPY
-    fast.set_enabled(True)
-    assert set(vars(fast.NUMBA)) == set(vars(kernels.NUMPY))
+    assert kernels.kernel_path() == "numpy" and kernels.backend(np.float32) is kernels.NUMPY
+    kernels.set_compiled(True)
+    assert set(vars(NUMBA)) == set(vars(kernels.NUMPY))
+    # every kernel has a compiled version, so the comparisons in this file compare two implementations
+    assert set(compiled.KERNELS) == set(dispatch.KERNEL_NAMES)
+    assert all(getattr(NUMBA, name) is fn for name, fn in compiled.KERNELS.items())
+
+
+def test_a_kernel_missing_from_the_compiled_set_falls_back_to_the_reference(monkeypatch):
+    found = {name: fn for name, fn in compiled.KERNELS.items() if name != "relu_forward"}
+    ops = dispatch.build_kernel_set("numba", found, compiled.DTYPES, fallback=kernels.NUMPY)
+    assert ops.relu_forward is kernels.NUMPY.relu_forward
+    assert ops.relu_backward is compiled.KERNELS["relu_backward"]
+    with pytest.raises(ValueError, match="relu_forward"):
+        dispatch.build_kernel_set("numba", found, compiled.DTYPES)  # no fallback: the gap is named
+    monkeypatch.setitem(dispatch.BACKENDS, "numba", ops)
+    previous = kernels.set_compiled(True)
+    try:
+        assert kernels.backend(np.float32) is ops
+        cls = REGISTRY["relu"]
+        got, expect = both_paths(lambda: cls(cls.Spec()), (3, 4, 5), batch=2, seed=0)
+    finally:
+        kernels.set_compiled(previous)
+    assert_same_results(got, expect, tol=0)
 
 
 def run_python(code, **env):
@@ -260,7 +286,7 @@ def run_python(code, **env):
 
 
 def test_environment_variable_turns_the_compiled_kernels_off():
-    result = run_python("from nettrain import fast; print(fast.kernel_path())", NETTRAIN_FAST="0")
+    result = run_python("from nettrain import kernels; print(kernels.kernel_path())", NETTRAIN_FAST="0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy"
 
@@ -270,9 +296,9 @@ def test_everything_works_without_numba():
 import sys
 sys.modules["numba"] = None  # as if it were not installed
 import numpy as np
-from nettrain import fast, kernels
+from nettrain import kernels
 from nettrain.layers import REGISTRY
-assert not fast.AVAILABLE and not fast.enabled() and fast.kernel_path() == "numpy"
+assert not kernels.compiled_available() and not kernels.compiled_enabled() and kernels.kernel_path() == "numpy"
 assert kernels.backend(np.float32) is kernels.NUMPY
 cls = REGISTRY["conv2d"]
 layer = cls(cls.Spec(filters=2, kernel_size=3, padding="same"))
@@ -280,7 +306,7 @@ layer.build((1, 5, 5), np.random.default_rng(0))
 y = layer.forward(np.ones((2, 1, 5, 5), np.float32), training=True)
 layer.backward(np.ones_like(y))
 try:
-    fast.set_enabled(True)
+    kernels.set_compiled(True)
 except RuntimeError as e:
     print("refused:", e)
 """
@@ -292,11 +318,11 @@ except RuntimeError as e:
 def test_max_pool_window_wholly_in_padding_gets_minus_infinity_and_no_gradient():
     g = kernels.ConvGeometry((1, 2, 2), (2, 2), (2, 2), (1, 1), (2, 0, 0, 0), (2, 1))
     x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
-    y, arg = fast.max_pool_forward(x, g)
-    y_ref, _ = kernels.max_pool_forward(x, g)
+    y, arg = NUMBA.max_pool_forward(x, g)
+    y_ref, _ = reference.max_pool_forward(x, g)
     np.testing.assert_array_equal(y, y_ref)
     assert y[0, 0, 0, 0] == -np.inf
-    dx = fast.max_pool_backward(np.ones_like(y), arg, g)
+    dx = NUMBA.max_pool_backward(np.ones_like(y), arg, g)
     np.testing.assert_array_equal(dx, [[[[0, 0], [0, 1]]]])
 
 
@@ -321,8 +347,8 @@ def test_work_split_over_threads_matches_one_thread(monkeypatch, workers, type_n
     monkeypatch.setenv("NETTRAIN_THREADS", "1")
     single_fast, single_ref = both_paths(make, in_shape, batch=7, seed=workers)
     monkeypatch.setenv("NETTRAIN_THREADS", str(workers))
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)  # split even these small arrays
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample per convolution chunk
+    monkeypatch.setattr(pool, "PARALLEL_MIN_ELEMENTS", 0)  # split even these small arrays
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per convolution chunk
     split_fast, split_ref = both_paths(make, in_shape, batch=7, seed=workers)
     assert_same_results(split_fast, single_fast, tol=1e-5)
     assert_same_results(split_ref, single_ref, tol=1e-5)
@@ -336,9 +362,9 @@ def test_over_batch_covers_every_item_once(monkeypatch):
     def work(a, b):
         hits[a:b] += 1
 
-    kernels.over_batch(work, 10, elements=kernels.PARALLEL_MIN_ELEMENTS)
+    pool.over_batch(work, 10, elements=pool.PARALLEL_MIN_ELEMENTS)
     np.testing.assert_array_equal(hits, 1)
-    kernels.over_batch(work, 2, elements=kernels.PARALLEL_MIN_ELEMENTS)  # fewer items than threads
+    pool.over_batch(work, 2, elements=pool.PARALLEL_MIN_ELEMENTS)  # fewer items than threads
     np.testing.assert_array_equal(hits, [2, 2] + [1] * 8)
 
 
@@ -351,14 +377,14 @@ def test_conv_columns_kept_from_forward_give_the_same_gradients(flag):
     layer.build((2, 6, 8), rng)
     x = rng.standard_normal((5, 2, 6, 8)).astype(np.float32)
     dy = rng.standard_normal((5, 3, 3, 4)).astype(np.float32)
-    previous = fast.set_enabled(flag)
+    previous = kernels.set_compiled(flag)
     try:
         layer.forward(x, training=True)
         assert layer._cols  # kept
         kept = layer_outputs_and_grads(layer, x, dy, training=True)
         rebuilt = layer_outputs_and_grads(layer, x, dy, training=False)  # eval forward keeps nothing
     finally:
-        fast.set_enabled(previous)
+        kernels.set_compiled(previous)
     assert_same_results(kept, rebuilt, tol=1e-6)
 
 
@@ -368,7 +394,7 @@ def test_max_pool_ties_and_argmax_match_the_reference(seed):
     rng = np.random.default_rng(300 + seed)
     g = random_geometry(rng, pool=True)
     x = rng.integers(-2, 3, size=(3, *g.in_chw)).astype(np.float32)
-    y1, arg1 = fast.max_pool_forward(x, g)
-    y2, arg2 = kernels.max_pool_forward(x, g)
+    y1, arg1 = NUMBA.max_pool_forward(x, g)
+    y2, arg2 = reference.max_pool_forward(x, g)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(arg1, arg2)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nettrain import fast
+from nettrain import kernels
 from nettrain.checkpoint import load_checkpoint
 from nettrain.cli import app
 from nettrain.runs import METRIC_COLUMNS
@@ -44,9 +44,9 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True, scope="module")
 def numpy_kernels():
-    previous = fast.set_enabled(False)
+    previous = kernels.set_compiled(False)
     yield
-    fast.set_enabled(previous)
+    kernels.set_compiled(previous)
 
 
 @pytest.fixture

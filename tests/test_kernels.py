@@ -1,10 +1,15 @@
-"""The vectorised kernels against naive loop definitions, on random shapes."""
+"""The vectorised kernels against naive loop definitions, on random shapes; the worker pool; the kernel sets."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import naive
 from nettrain import kernels
+from nettrain.kernels import dispatch, pool
 from nettrain.layers import REGISTRY
 
 CONV_SHAPES = [
@@ -84,7 +89,7 @@ def test_no_np_add_at_in_the_package():
 @pytest.mark.parametrize("workers", ["1", "2", "3"])
 def test_threaded_matmuls_match_numpy(monkeypatch, workers):
     monkeypatch.setenv("NETTRAIN_THREADS", workers)
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(pool, "PARALLEL_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(int(workers))
     a, b, c = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 5), (5, 8), (37, 8)))
     np.testing.assert_allclose(kernels.matmul(a, b, np.empty((37, 8), np.float32)), a @ b, rtol=1e-5, atol=1e-5)
@@ -99,9 +104,9 @@ def test_nested_splits_run_serially_in_the_worker(monkeypatch):
     def inner(row):
         def work(a, b):
             hits[row, a:b] += 1
-        kernels.over_batch(work, 6, elements=kernels.PARALLEL_MIN_ELEMENTS)
+        pool.over_batch(work, 6, elements=pool.PARALLEL_MIN_ELEMENTS)
 
-    kernels.over_batch(lambda a, b: [inner(r) for r in range(a, b)], 4, elements=kernels.PARALLEL_MIN_ELEMENTS)
+    pool.over_batch(lambda a, b: [inner(r) for r in range(a, b)], 4, elements=pool.PARALLEL_MIN_ELEMENTS)
     np.testing.assert_array_equal(hits, 1)
 
 
@@ -113,4 +118,59 @@ def test_a_failing_share_raises_in_the_caller(monkeypatch):
             raise ValueError("share failed")
 
     with pytest.raises(ValueError, match="share failed"):
-        kernels.over_batch(work, 4, elements=kernels.PARALLEL_MIN_ELEMENTS)
+        pool.over_batch(work, 4, elements=pool.PARALLEL_MIN_ELEMENTS)
+
+
+# -- choosing the kernel set ------------------------------------------------------------
+
+
+def test_a_kernel_missing_from_a_kernel_set_comes_from_the_reference():
+    def stand_in(*args):
+        raise AssertionError("not called")
+
+    found = {name: stand_in for name in dispatch.KERNEL_NAMES if name != "max_pool_forward"}
+    ops = dispatch.build_kernel_set("other", found, ["float32"], fallback=kernels.NUMPY)
+    assert ops.max_pool_forward is kernels.NUMPY.max_pool_forward
+    assert ops.im2col is stand_in and ops.name == "other"
+    assert set(vars(ops)) == set(vars(kernels.NUMPY))
+    with pytest.raises(ValueError, match="max_pool_forward"):
+        dispatch.build_kernel_set("other", found)
+
+
+def test_another_kernel_set_slots_in_by_name(monkeypatch):
+    """A set registered under a new name runs the dtypes it is written for; the rest run the reference."""
+    other = dispatch.build_kernel_set("other", {}, ["float32"], fallback=kernels.NUMPY)
+    monkeypatch.setitem(dispatch.LOADERS, "other", lambda: other)
+    monkeypatch.delitem(dispatch.BACKENDS, "other", raising=False)
+    previous = kernels.use_kernels("other")
+    try:
+        assert kernels.kernel_path() == "other" and not kernels.compiled_enabled()
+        assert kernels.backend(np.float32) is other
+        assert kernels.backend(np.float64) is kernels.NUMPY
+    finally:
+        kernels.use_kernels(previous)
+        dispatch.BACKENDS.pop("other", None)
+    assert kernels.kernel_path() == previous
+    with pytest.raises(ValueError, match="unknown kernel set"):
+        kernels.use_kernels("no_such_set")
+
+
+def test_the_kernels_import_and_run_without_importing_numba_when_switched_off():
+    code = """
+import sys
+import numpy as np
+import nettrain.kernels as kernels
+from nettrain.layers import REGISTRY
+cls = REGISTRY["conv2d"]
+layer = cls(cls.Spec(filters=2, kernel_size=3, padding="same", activation="relu"))
+layer.build((1, 5, 5), np.random.default_rng(0))
+y = layer.forward(np.ones((2, 1, 5, 5), np.float32), training=True)
+layer.backward(np.ones_like(y))
+assert kernels.kernel_path() == "numpy" and kernels.backend(np.float32) is kernels.NUMPY
+print(sorted(name for name in sys.modules
+             if name == "numba" or name.startswith(("numba.", "nettrain.kernels.compiled"))))
+"""
+    env = {**os.environ, "NETTRAIN_FAST": "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from nettrain import fast, kernels
+from nettrain import kernels
+from nettrain.kernels import reference
 from nettrain.layers import REGISTRY, Sequential
 
 TYPES = ["simple_rnn", "gru", "lstm"]
@@ -160,7 +161,7 @@ def test_numpy_cells_keep_float32():
 def test_numpy_sigmoid_never_overflows():
     a = np.array([-1e4, -100, -20, 0, 20, 100, 1e4], np.float32)
     with np.errstate(all="raise"):
-        y = kernels.sigmoid_(a.copy())
+        y = reference.sigmoid_(a.copy())
     assert y.dtype == np.float32
     exact = 0.5 * (np.tanh(0.5 * a.astype(np.float64)) + 1)
     np.testing.assert_allclose(y, exact, rtol=0, atol=1e-7)
@@ -173,7 +174,7 @@ def test_numpy_sigmoid_never_overflows():
 @pytest.fixture
 def numba_kernels():
     pytest.importorskip("numba")
-    return fast.NUMBA
+    return kernels.kernel_set("numba")
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
@@ -189,6 +190,8 @@ def test_compiled_cells_match_the_numpy_cells(numba_kernels, name, n, u):
 
 
 def test_compiled_tanh_is_accurate_bounded_and_passes_nan(numba_kernels):
+    from nettrain.kernels.compiled.recurrent import tanh_approx
+
     x = np.concatenate([
         np.linspace(-20, 20, 400_001),
         np.logspace(-12, 1.5, 20_001),
@@ -196,20 +199,20 @@ def test_compiled_tanh_is_accurate_bounded_and_passes_nan(numba_kernels):
         [0.0, -0.0, 7.9, 7.91, 9.0, 88.0, 1e30, np.inf, -np.inf],
     ]).astype(np.float32)
     y = np.empty_like(x)
-    fast.tanh_approx(x, y)
+    tanh_approx(x, y)
     exact = np.tanh(x.astype(np.float64))
     assert np.max(np.abs(y - exact)) < 3e-7
     assert np.all(np.abs(y) <= 1)
     # odd, and exact where float32 tanh rounds to x itself or to +-1
     y_neg = np.empty_like(x)
-    fast.tanh_approx(-x, y_neg)
+    tanh_approx(-x, y_neg)
     np.testing.assert_array_equal(y_neg, -y)
     tiny = np.abs(x) < 1e-4
     np.testing.assert_array_equal(y[tiny], x[tiny])
     np.testing.assert_array_equal(y[np.abs(x) >= 9], np.sign(x[np.abs(x) >= 9]))
     nan = np.array([np.nan, 1.0], np.float32)
     out = np.empty_like(nan)
-    fast.tanh_approx(nan, out)
+    tanh_approx(nan, out)
     assert np.isnan(out[0]) and out[1] == pytest.approx(np.tanh(1.0), abs=5e-7)
 
 
@@ -236,11 +239,11 @@ def outputs_and_grads(layer, x, dy):
 
 
 def with_fast(flag, fn):
-    previous = fast.set_enabled(flag)
+    previous = kernels.set_compiled(flag)
     try:
         return fn()
     finally:
-        fast.set_enabled(previous)
+        kernels.set_compiled(previous)
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])
@@ -357,9 +360,9 @@ def test_recurrent_layers_work_without_numba():
 import sys
 sys.modules["numba"] = None  # as if it were not installed
 import numpy as np
-from nettrain import fast, kernels
+from nettrain import kernels
 from nettrain.layers import REGISTRY
-assert not fast.AVAILABLE and kernels.backend(np.float32) is kernels.NUMPY
+assert not kernels.compiled_available() and kernels.backend(np.float32) is kernels.NUMPY
 for name in ("simple_rnn", "gru", "lstm"):
     layer = REGISTRY[name](units=3)
     layer.build((4, 2), np.random.default_rng(0))

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nettrain import fast  # noqa: E402
+from nettrain import kernels  # noqa: E402
 from nettrain.builder import build_model  # noqa: E402
 from nettrain.config import load_config  # noqa: E402
 from nettrain.losses import build_loss  # noqa: E402
@@ -76,7 +76,7 @@ model:
     - {type: dense, units: 3}
 """
 
-PATHS = [False] + ([True] if fast.AVAILABLE else [])
+PATHS = [False] + ([True] if kernels.compiled_available() else [])
 
 
 def build_pair(tmp_path, text, seed=0):
@@ -127,10 +127,10 @@ def assert_buffers_agree(model, net):
 
 @pytest.fixture(params=PATHS, ids=lambda f: "numba" if f else "numpy")
 def kernel_path(request):
-    previous = fast.set_enabled(request.param) if fast.AVAILABLE else False
+    previous = kernels.set_compiled(request.param) if kernels.compiled_available() else False
     yield request.param
-    if fast.AVAILABLE:
-        fast.set_enabled(previous)
+    if kernels.compiled_available():
+        kernels.set_compiled(previous)
 
 
 @pytest.mark.parametrize("text", [RESNET_AND_STACK, ALEXNET_LIKE], ids=["resnet_stack", "alexnet_like"])

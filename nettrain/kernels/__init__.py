@@ -1,0 +1,30 @@
+"""The numerical kernels behind the layers: convolution, pooling, batch norm, ReLU, recurrent cells.
+
+Two kernel sets have the same names and signatures: the NumPy reference kernels
+(:mod:`.reference`, the definitions) and the numba ones (:mod:`.compiled`, the
+``fast`` extra, tested against the reference). :mod:`.dispatch` chooses between them
+by name; a layer asks :func:`backend` for the set that suits its arrays and hands it
+to the GEMM drivers (:mod:`.gemm`), which run on the worker threads of :mod:`.pool`.
+
+    pool.py       worker threads, NETTRAIN_THREADS, even splits, per-thread scratch
+    geometry.py   ConvGeometry: the shape of a 2-D window op
+    gemm.py       convolution by im2col + GEMM, threaded matrix products
+    reference/    the NumPy kernels (conv, pooling, batchnorm, activations, recurrent)
+    compiled/     the numba kernels, imported only when asked for
+    dispatch.py   kernel sets by name, the choice NETTRAIN_FAST and numba make
+
+Only the names below are for the rest of nettrain; tests reach into the modules.
+"""
+
+from __future__ import annotations
+
+from .dispatch import (NUMPY, backend, compiled_available, compiled_enabled, kernel_path, kernel_set, set_compiled,
+                       use_kernels)
+from .geometry import ConvGeometry, Pad4
+from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn
+from .pool import blas, chunk_workers, over_batch, scratch
+from .reference.pooling import window_counts
+
+__all__ = ["NUMPY", "ConvGeometry", "Pad4", "backend", "blas", "chunk_workers", "compiled_available",
+           "compiled_enabled", "conv2d_backward", "conv2d_forward", "kernel_path", "kernel_set", "matmul",
+           "matmul_tn", "over_batch", "scratch", "set_compiled", "use_kernels", "window_counts"]

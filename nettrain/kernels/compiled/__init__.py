@@ -1,0 +1,21 @@
+"""The numba kernels (the ``fast`` extra), with the names and signatures of the NumPy reference kernels.
+
+Importing this package imports numba, and fails with ImportError without it:
+:mod:`nettrain.kernels.dispatch` imports it only when the compiled kernels are asked
+for. They run for float32 arrays; float64 (gradient checks) runs the reference kernels.
+
+The kernels move data; GEMMs stay in NumPy's BLAS. Each module lists its kernels in
+``__all__``; :data:`KERNELS` collects them, and a kernel that no module provides is
+taken from the reference set.
+"""
+
+from __future__ import annotations
+
+from . import activations, batchnorm, conv, pooling, recurrent
+
+DTYPES = ("float32",)
+"""The array types the compiled kernels are written for."""
+
+KERNELS = {name: getattr(module, name) for module in (conv, pooling, batchnorm, activations, recurrent)
+           for name in module.__all__ if hasattr(module, name)}
+"""Kernel name -> compiled function."""

@@ -1,0 +1,180 @@
+"""Compiled convolution data movement: im2col/col2im and the GEMM layouts.
+
+Indices are built from loop counters that start at 0, so that LLVM can see they
+are non-negative, drop numba's negative-index wraparound and vectorise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import ConvGeometry
+from .jit import jit
+
+__all__ = ["im2col", "col2im", "samples_major", "channels_major"]
+
+
+@jit(inline="always")
+def _valid_range(out: int, k: int, stride: int, dilation: int, pad_before: int, size: int):
+    """Output positions [lo, hi) of offset ``k`` whose input o*stride + k*dilation - pad is in [0, size)."""
+    off = k * dilation - pad_before
+    lo = 0 if off >= 0 else (-off + stride - 1) // stride
+    hi = (size - 1 - off) // stride + 1 if size - 1 - off >= 0 else 0
+    hi = min(hi, out)
+    lo = min(lo, hi)
+    return lo, hi
+
+
+# The copy loops index with unsigned integers: numba then drops its negative-index
+# wraparound and LLVM vectorises them. Every offset passed in is non-negative.
+@jit(inline="always")
+def _zero(a, start, stop):
+    """a[start:stop] = 0."""
+    base = np.uint64(start)
+    for e in range(np.uint64(max(stop - start, 0))):
+        a[base + e] = 0
+
+
+@jit(inline="always")
+def _copy(src, src_start, step, dst, dst_start, length):
+    """dst[dst_start:dst_start + length] = src[src_start::step][:length]."""
+    s0, d0 = np.uint64(src_start), np.uint64(dst_start)
+    if step == 1:
+        for e in range(np.uint64(length)):
+            dst[d0 + e] = src[s0 + e]
+    else:
+        st = np.uint64(step)
+        for e in range(np.uint64(length)):
+            dst[d0 + e] = src[s0 + e * st]
+
+
+@jit(inline="always")
+def _add(src, src_start, dst, dst_start, step, length):
+    """dst[dst_start::step][:length] += src[src_start:src_start + length]."""
+    s0, d0 = np.uint64(src_start), np.uint64(dst_start)
+    if step == 1:
+        for e in range(np.uint64(length)):
+            dst[d0 + e] += src[s0 + e]
+    else:
+        st = np.uint64(step)
+        for e in range(np.uint64(length)):
+            dst[d0 + e * st] += src[s0 + e]
+
+
+@jit
+def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
+    n, c_in, h, w = x.shape
+    p = oh * ow
+    xf = x.reshape(-1)
+    # with stride 1 and as many output as input columns, consecutive rows are
+    # adjacent in both arrays: one long copy, then zero the wrapped edge cells
+    runs = sh == 1 and sw == 1 and ow == w
+    for r in range(c_in * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+        blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+        edges = blo > 0 or bhi < ow
+        cr = cols[r]
+        for s in range(n):
+            ob = s * p
+            _zero(cr, ob, ob + alo * ow)
+            _zero(cr, ob + ahi * ow, ob + p)
+            if alo >= ahi:
+                continue
+            qb = (s * c_in + c) * h * w + (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+            if runs:
+                _copy(xf, qb, 1, cr, ob + alo * ow + blo, (ahi - alo - 1) * ow + bhi - blo)
+            for a in range(alo, ahi):
+                o = ob + a * ow
+                if edges:
+                    _zero(cr, o, o + blo)
+                    _zero(cr, o + bhi, o + ow)
+                if not runs:
+                    _copy(xf, qb + (a - alo) * sh * w, sw, cr, o + blo, bhi - blo)
+
+
+@jit
+def _col2im(cols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
+    n, c_in, h, w = dx.shape
+    p = oh * ow
+    runs = sh == 1 and sw == 1 and ow == w
+    # one image plane per task: all kh*kw rows of channel c add into dx[s, c], nothing else does
+    for t in range(n * c_in):
+        s = t // c_in
+        c = t % c_in
+        plane = dx[s, c].reshape(-1)
+        _zero(plane, 0, h * w)
+        for i in range(kh):
+            alo, ahi = _valid_range(oh, i, sh, dh, pt, h)
+            if alo >= ahi:
+                continue
+            for j in range(kw):
+                blo, bhi = _valid_range(ow, j, sw, dw, pl, w)
+                cr = cols[(c * kh + i) * kw + j]
+                ob = s * p
+                qb = (alo * sh + i * dh - pt) * w + blo * sw + j * dw - pl
+                if runs:
+                    if blo > 0 or bhi < ow:
+                        # cells that read padding must add nothing: zero them in the (scratch) columns
+                        for a in range(alo, ahi):
+                            _zero(cr, ob + a * ow, ob + a * ow + blo)
+                            _zero(cr, ob + a * ow + bhi, ob + (a + 1) * ow)
+                    _add(cr, ob + alo * ow + blo, plane, qb, 1, (ahi - alo - 1) * ow + bhi - blo)
+                    continue
+                for a in range(alo, ahi):
+                    _add(cr, ob + a * ow + blo, plane, qb + (a - alo) * sh * w, sw, bhi - blo)
+
+
+def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> columns ``out`` (C*kh*kw, n*OH*OW); see :func:`nettrain.kernels.reference.im2col`."""
+    _im2col(np.ascontiguousarray(x), *g.kernel, *g.stride, *g.dilation, g.pad[0], g.pad[2], *g.out_hw, out)
+    return out
+
+
+def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Columns (C*kh*kw, n*OH*OW) -> image gradient ``out`` (n, C, H, W).
+
+    ``cols`` is scratch: cells that read padding are zeroed in place.
+    """
+    _col2im(cols, *g.kernel, *g.stride, *g.dilation, g.pad[0], g.pad[2], *g.out_hw, out)
+    return out
+
+
+@jit
+def _samples_major(z, bias, use_bias, out):
+    n, f, p = out.shape
+    for t in range(n * f):
+        s = t // f
+        k = t % f
+        src = z[k, s * p : (s + 1) * p]
+        dst = out[s, k]
+        b = bias[k] if use_bias else 0
+        for e in range(p):
+            dst[e] = src[e] + b
+
+
+@jit
+def _channels_major(y, out):
+    n, f, p = y.shape
+    for t in range(n * f):
+        k = t // n
+        s = t % n
+        src = y[s, k]
+        dst = out[k, s * p : (s + 1) * p]
+        for e in range(p):
+            dst[e] = src[e]
+
+
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+    use_bias = bias is not None
+    _samples_major(z, bias if use_bias else z[:, 0], use_bias, out)
+    return out
+
+
+def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (F, n*P)."""
+    _channels_major(np.ascontiguousarray(y), out)
+    return out

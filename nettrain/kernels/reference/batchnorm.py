@@ -1,0 +1,79 @@
+"""Batch normalisation in NumPy: statistics, the affine map, the closed-form backward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..pool import over_batch, split_samples
+
+# Arrays arrive as (M, F, P): M samples, F features, P positions sharing a
+# feature's statistics (P = H*W for images, 1 for vectors; a (N, T, F) sequence
+# is (N*T, F, 1)). Statistics reduce over axes 0 and 2.
+
+
+def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, F, P) -> per-feature mean and biased variance (F,), in x's dtype."""
+    m = x3.shape[0] * x3.shape[2]
+    mean = np.einsum("mfp->f", x3) / x3.dtype.type(m)
+    xc = x3 - mean.reshape(1, -1, 1)
+    var = np.einsum("mfp,mfp->f", xc, xc) / x3.dtype.type(m)
+    return mean, var
+
+
+def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """y = x * scale + shift per feature: (M, F, P) -> (M, F, P)."""
+    y = x3 * scale.reshape(1, -1, 1)
+    y += shift.reshape(1, -1, 1)
+    return y
+
+
+def batchnorm_backward(
+    x3: np.ndarray, dy3: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training-mode gradients: -> dx (M, F, P), dgamma (F,), dbeta (F,).
+
+    Closed form with xhat = (x - mean) * inv_std:
+    dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+    m = x3.dtype.type(x3.shape[0] * x3.shape[2])
+    xc = x3 - mean.reshape(1, -1, 1)
+    dbeta = np.einsum("mfp->f", dy3)
+    dy_xc = np.einsum("mfp,mfp->f", dy3, xc)
+    dgamma = dy_xc * inv_std
+    a = gamma * inv_std
+    b = -a * inv_std * inv_std * dy_xc / m
+    c = -a * dbeta / m
+    dx = dy3 * a.reshape(1, -1, 1)
+    xc *= b.reshape(1, -1, 1)
+    dx += xc
+    dx += c.reshape(1, -1, 1)
+    return dx, dgamma, dbeta
+
+
+# -- on the worker threads: disjoint ranges of features (statistics) or samples --
+def threaded_batchnorm_stats(x3):
+    f = x3.shape[1]
+    mean, var = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+
+    def work(k0, k1):
+        mean[k0:k1], var[k0:k1] = batchnorm_stats(x3[:, k0:k1])
+
+    over_batch(work, f, x3.size)
+    return mean, var
+
+
+def threaded_batchnorm_affine(x3, scale, shift):
+    return split_samples(batchnorm_affine, (np.empty(x3.shape, x3.dtype),), (x3,), (scale, shift))
+
+
+def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma):
+    f = x3.shape[1]
+    dx3 = np.empty(x3.shape, x3.dtype)
+    dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
+
+    def work(k0, k1):
+        part = batchnorm_backward(x3[:, k0:k1], dy3[:, k0:k1], mean[k0:k1], inv_std[k0:k1], gamma[k0:k1])
+        dx3[:, k0:k1], dgamma[k0:k1], dbeta[k0:k1] = part
+
+    over_batch(work, f, x3.size)
+    return dx3, dgamma, dbeta

@@ -1,0 +1,94 @@
+"""Convolution data movement in NumPy: im2col/col2im and the GEMM layouts.
+
+Every loop here runs over kernel offsets (kh x kw), never over pixels: each
+offset is one strided slice copied (im2col) or accumulated (col2im) at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import ConvGeometry, Pad4
+from ..pool import scratch
+
+
+def pad_images(x: np.ndarray, pad: Pad4, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, H+top+bottom, W+left+right), the border filled with zeros."""
+    top, bottom, left, right = pad
+    if not any(pad):
+        return x
+    n, c, h, w = x.shape
+    if out is None:
+        out = np.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    # only the border is filled, so ``out`` may be a scratch buffer
+    out[:, :, :top] = 0
+    out[:, :, top + h :] = 0
+    out[:, :, top : top + h, :left] = 0
+    out[:, :, top : top + h, left + w :] = 0
+    out[:, :, top : top + h, left : left + w] = x
+    return out
+
+
+def unpad_images(xp: np.ndarray, pad: Pad4) -> np.ndarray:
+    top, bottom, left, right = pad
+    h, w = xp.shape[2] - top - bottom, xp.shape[3] - left - right
+    return xp[:, :, top : top + h, left : left + w]
+
+
+def window(xp: np.ndarray, i: int, j: int, stride, dilation, out_hw) -> np.ndarray:
+    """The strided view of padded input ``xp`` seen by kernel offset (i, j): (N, C, OH, OW)."""
+    sh, sw = stride
+    dh, dw = dilation
+    oh, ow = out_hw
+    r, c = i * dh, j * dw
+    return xp[:, :, r : r + sh * (oh - 1) + 1 : sh, c : c + sw * (ow - 1) + 1 : sw]
+
+
+def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> columns ``out`` (C*kh*kw, n*OH*OW), rows ordered (c, i, j).
+
+    Column ``m * OH*OW + p`` holds the receptive field of output pixel ``p`` of
+    sample ``m``, so a kernel reshaped to (F, C*kh*kw) times ``out`` is the
+    convolution in one GEMM.
+    """
+    n, c = x.shape[:2]
+    kh, kw = g.kernel
+    xp = pad_images(x, g.pad, out=scratch("pad", (n, c, *g.padded_hw), x.dtype)) if any(g.pad) else x
+    cols = out.reshape(c, kh, kw, n, *g.out_hw)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = window(xp, i, j, g.stride, g.dilation, g.out_hw).transpose(1, 0, 2, 3)
+    return out
+
+
+def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Columns (C*kh*kw, n*OH*OW) -> image gradient ``out`` (n, C, H, W), summing overlaps."""
+    n, c = out.shape[:2]
+    kh, kw = g.kernel
+    dxp = scratch("pad_grad", (n, c, *g.padded_hw), out.dtype) if any(g.pad) else out
+    dxp[...] = 0
+    cols6 = cols.reshape(c, kh, kw, n, *g.out_hw)
+    for i in range(kh):
+        for j in range(kw):
+            window(dxp, i, j, g.stride, g.dilation, g.out_hw)[...] += cols6[:, i, j].transpose(1, 0, 2, 3)
+    if dxp is not out:
+        out[...] = unpad_images(dxp, g.pad)
+    return out
+
+
+def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (F, n*P): the GEMM layout of a chunk of NCHW feature maps."""
+    n, f, p = y.shape
+    out.reshape(f, n, p)[...] = y.transpose(1, 0, 2)
+    return out
+
+
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
+    n, f, p = out.shape
+    z3 = z.reshape(f, n, p).transpose(1, 0, 2)
+    if bias is None:
+        out[...] = z3
+    else:
+        np.add(z3, bias.reshape(1, f, 1), out=out)
+    return out
