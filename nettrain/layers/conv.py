@@ -49,11 +49,10 @@ def resolve_padding(padding, in_hw, kernel, stride) -> kernels.Pad4:
     return (ph, ph, pw, pw)
 
 
-def window_output_size(layer: Layer, in_shape: Shape, kernel, stride, pad: kernels.Pad4, what: str = "kernel",
-                       axes: tuple[str, str] = ("height", "width")):
-    """(n + p_before + p_after - f)/s + 1 per axis of the last two of ``in_shape``; a ShapeError
-    spelling out the arithmetic if < 1."""
-    in_hw = in_shape[-2:]
+def window_output_size(layer: Layer, in_shape: Shape, in_hw, kernel, stride, pad: kernels.Pad4,
+                       what: str = "kernel", axes: tuple[str, str] = ("height", "width")):
+    """(n + p_before + p_after - f)/s + 1 for each of the two window axes ``in_hw`` (named ``axes``)
+    of the input ``in_shape``; a ShapeError spelling out the arithmetic if < 1."""
     out = []
     for axis, n, f, s, p0, p1 in ((axes[0], in_hw[0], kernel[0], stride[0], pad[0], pad[1]),
                                    (axes[1], in_hw[1], kernel[1], stride[1], pad[2], pad[3])):
@@ -92,7 +91,7 @@ class Conv2D(Layer):
         kernel, stride, dilation = as_pair(s.kernel_size), as_pair(s.strides), as_pair(s.dilation)
         effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         pad = resolve_padding(s.padding, (h, w), effective, stride)
-        out_hw = window_output_size(self, in_shape, effective, stride, pad)
+        out_hw = window_output_size(self, in_shape, (h, w), effective, stride, pad)
         return kernels.ConvGeometry((c, h, w), kernel, stride, dilation, pad, out_hw)
 
     def compute_output_shape(self, in_shape: Shape) -> Shape:

@@ -29,7 +29,7 @@ class Pool2D(Layer):
         pool = as_pair(s.pool_size)
         stride = as_pair(s.strides if s.strides is not None else s.pool_size)
         pad = resolve_padding(s.padding, in_shape[1:], pool, stride)
-        out_hw = window_output_size(self, in_shape, pool, stride, pad, what="pool")
+        out_hw = window_output_size(self, in_shape, in_shape[1:], pool, stride, pad, what="pool")
         return kernels.ConvGeometry(tuple(in_shape), pool, stride, (1, 1), pad, out_hw)
 
     def compute_output_shape(self, in_shape: Shape) -> Shape:
