@@ -49,6 +49,12 @@ GRADCHECK_CASES: dict[str, list[Case]] = {
         Case(dict(filters=2, kernel_size=3, activation="relu", padding=1), IMAGE),
         Case(dict(filters=2, kernel_size=3, activation="tanh"), IMAGE),
     ],
+    "conv1d": [
+        Case(dict(filters=3, kernel_size=3, padding="same"), (2, 7)),
+        Case(dict(filters=2, kernel_size=2, strides=2, padding="same"), (2, 7)),  # even kernel, odd pad after
+        Case(dict(filters=2, kernel_size=3, dilation=2, padding=1, activation="elu"), (2, 8)),
+        Case(dict(filters=2, kernel_size=3, strides=2, activation="relu", use_bias=False), (3, 9)),
+    ],
     "maxpool2d": [
         Case(dict(pool_size=2), IMAGE),
         Case(dict(pool_size=3, strides=2), IMAGE),
