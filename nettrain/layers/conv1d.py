@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 from pydantic import NonNegativeInt, PositiveInt
 
 from .. import kernels
-from ..initializers import InitializerSpec
-from .activations import ActivationName
-from .base import LayerSpec, Shape, register
+from .base import Shape, register
 from .conv import Conv2D, resolve_padding, window_output_size
 
 
@@ -23,17 +21,12 @@ class Conv1D(Conv2D):
     recurrent layer after a conv1d treats its L positions as the features.
     """
 
-    class Spec(LayerSpec):
+    class Spec(Conv2D.Spec):  # the conv2d fields, with single numbers for the window
         type: Literal["conv1d"] = "conv1d"
-        filters: PositiveInt
         kernel_size: PositiveInt
         strides: PositiveInt = 1
         padding: Union[Literal["valid", "same"], NonNegativeInt] = "valid"
         dilation: PositiveInt = 1
-        use_bias: bool = True
-        activation: Optional[ActivationName] = None
-        kernel_initializer: Optional[InitializerSpec] = None
-        bias_initializer: InitializerSpec = "zeros"
 
     def geometry_for(self, in_shape: Shape) -> kernels.ConvGeometry:
         """The 2-D geometry of a height-1 image: kernel (1, k), no padding along the height."""
