@@ -144,7 +144,6 @@ class Layer:
         layer (``error.layer``), its input (``error.in_shape``) and the problem (``error.detail``).
         """
         in_shape = tuple(in_shape)
-        self.in_shape = in_shape
         if not all(isinstance(d, (int, np.integer)) and d > 0 for d in in_shape):
             raise self.shape_error("every size of the input must be a positive whole number", in_shape)
         self.in_shape = in_shape = tuple(int(d) for d in in_shape)
