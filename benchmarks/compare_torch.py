@@ -222,8 +222,8 @@ def paired_arrays(model, net):
             if "gamma" in layer.params:
                 pairs.append((f"{path}.gamma", layer.params["gamma"], module.weight, ""))
                 pairs.append((f"{path}.beta", layer.params["beta"], module.bias, ""))
-            pairs.append((f"{path}.running_mean", layer.state["running_mean"], module.running_mean, ""))
-            pairs.append((f"{path}.running_var", layer.state["running_var"], module.running_var, ""))
+            pairs.append((f"{path}.running_mean", layer.buffers["running_mean"], module.running_mean, ""))
+            pairs.append((f"{path}.running_var", layer.buffers["running_var"], module.running_var, ""))
         else:  # recurrent
             rnn = module.rnn
             pairs.append((f"{path}.kernel", layer.params["kernel"], rnn.weight_ih_l0, "T"))

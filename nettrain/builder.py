@@ -11,8 +11,6 @@ inside a residual body), the file, line and YAML path it came from.
 from __future__ import annotations
 
 import itertools
-import math
-import re
 from collections import Counter
 from typing import Callable
 
@@ -69,55 +67,37 @@ def _child_field(parent: LayerSpec, child: LayerSpec) -> tuple[str, int] | None:
     return None
 
 
-def _strip_layer_prefix(message: str, layer: Layer) -> str:
-    """The part of a layer's own ShapeError after ``layer 'x' (type) on input S: ``."""
-    prefix = re.match(rf"layer '{re.escape(layer.name)}' \({re.escape(layer.type_name)}\) on input [^:]*: ", message)
-    return message[prefix.end():] if prefix else message
+class Places(dict):
+    """Where each layer made from the config sits: ``{layer: (index, where)}``, e.g. ``('4.2', 'net.yaml:8: ...')``."""
 
+    def locate(self, error: ShapeError, model: Model) -> ShapeError:
+        """``error`` prefixed with the place of the innermost config layer at or around the one that raised it.
 
-def _locate_build(layer: Layer, index: str, where: str) -> None:
-    """Make ``layer.build`` re-raise its ShapeError prefixed with where the layer is (innermost wins).
-
-    The wrapper is an instance attribute that :func:`build_model` removes once the model is built.
-    """
-    build = layer.build
-
-    def located_build(in_shape, rng):
-        def located(detail: str) -> ShapeError:
-            error = ShapeError(f"{where}: layer {index} '{layer.name}' ({layer.type_name}) "
-                               f"on input {format_shape(tuple(in_shape))}: {detail}")
-            error.located = True
-            return error
-
-        try:
-            return build(in_shape, rng)
-        except ShapeError as e:
-            if getattr(e, "located", False):
-                raise
-            raise located(_strip_layer_prefix(str(e), layer)) from None
-        except MemoryError as e:
-            raise located(f"{_array_size(e)}the layer does not fit in memory; "
-                          "lower its units or filters, or use a smaller input") from None
-        except ValueError as e:  # NumPy: more bytes than an address space holds
-            if "too big" not in str(e) and "maximum supported dimension" not in str(e):
-                raise
-            raise located("the layer does not fit in memory; lower its units or filters, or use a smaller input") from None
-
-    layer.build = located_build
-
-
-def _array_size(error: MemoryError) -> str:
-    """``needs a 600 x 10000000 float32 array (24.0 GB): `` from NumPy's allocation error, if it says."""
-    shape, dtype = getattr(error, "shape", None), getattr(error, "dtype", None)
-    if shape is None or dtype is None:
-        return ""
-    size = math.prod(shape) * dtype.itemsize
-    return f"needs a {' x '.join(map(str, shape))} {dtype} array ({size / 1e9:,.1f} GB): "
+        A layer the config did not list (a residual's projection shortcut) is placed by its owner.
+        """
+        layer = getattr(error, "layer", None)
+        in_shape = getattr(error, "in_shape", None)
+        if layer not in self:
+            paths = {id(lay): path for path, lay in model.named_layers()}
+            by_path = {path: lay for path, lay in model.named_layers()}
+            path = paths.get(id(layer), "")
+            while path and by_path[path] not in self:
+                path = path.rpartition(".")[0]
+            if not path:
+                return error
+            layer = by_path[path]
+            in_shape = layer.in_shape
+        index, where = self[layer]
+        located = ShapeError(f"{where}: layer {index} '{layer.name}' ({layer.type_name}) "
+                             f"on input {format_shape(in_shape)}: {error.detail}")
+        located.layer, located.in_shape, located.detail = layer, in_shape, error.detail
+        return located
 
 
 def make_layers(specs: list[LayerSpec], locate: Callable[[Path], str] = format_path,
-                namer: LayerNamer | None = None) -> list[Layer]:
-    """Layer objects for ``specs`` (not yet built); ``locate(yaml_path)`` names a layer's place in the file."""
+                namer: LayerNamer | None = None, places: Places | None = None) -> list[Layer]:
+    """Layer objects for ``specs`` (not yet built); ``locate(yaml_path)`` names a layer's place in the
+    file, recorded in ``places`` if given."""
     namer = namer or LayerNamer(specs)
 
     def make(spec: LayerSpec, index: tuple[int, ...], path: Path) -> Layer:
@@ -130,7 +110,8 @@ def make_layers(specs: list[LayerSpec], locate: Callable[[Path], str] = format_p
 
         name = namer.name_for(spec)
         layer = REGISTRY[spec.type].from_spec(spec, name, make_child)
-        _locate_build(layer, ".".join(map(str, index)), locate(path))
+        if places is not None:
+            places[layer] = (".".join(map(str, index)), locate(path))
         return layer
 
     return [make(spec, (i + 1,), ("model", "layers", i)) for i, spec in enumerate(specs)]
@@ -151,18 +132,10 @@ def build_model(source: Config | ModelSpec, seed: int | None = None, name: str |
         spec, locate = source, format_path
     else:
         raise TypeError(f"build_model needs a Config or a ModelSpec, got {type(source).__name__}")
-    layers = make_layers(spec.layers, locate)
+    places = Places()
+    layers = make_layers(spec.layers, locate, places=places)
     model = Model(layers, spec.internal_input_shape, name=name or "model")
     try:
         return model.build(0 if seed is None else seed)
-    finally:
-        for _, layer in model.named_layers():  # back to the class's build: the model stays picklable
-            layer.__dict__.pop("build", None)
-
-
-def model_spec_of(model: Model) -> dict:
-    """The ``model:`` section that rebuilds ``model``: input shape as written, every layer's full spec."""
-    shape = model.input_shape
-    user_shape = [shape[1], shape[2], shape[0]] if len(shape) == 3 else list(shape)
-    # the whole spec, None values included: a residual's `activation: null` differs from its default
-    return {"input_shape": user_shape, "layers": [layer.spec.model_dump(mode="json") for layer in model.layers]}
+    except ShapeError as e:
+        raise places.locate(e, model) from None

@@ -93,7 +93,7 @@ def check(
             failed = e.exit_code
             _print_problems(e)
             continue
-        total = model.param_count() + model.state_count()
+        total = model.param_count() + model.buffer_count()
         typer.echo(f"ok: {path}: {len(model.layers)} layers, {total:,} params ({model.param_count():,} trainable)")
     if failed:
         raise typer.Exit(failed)

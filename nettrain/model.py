@@ -91,12 +91,12 @@ class Model:
         return self._collect("grads")
 
     def buffers(self) -> dict[str, np.ndarray]:
-        """Non-trainable state (BatchNorm running statistics) by name."""
-        return self._collect("state")
+        """Non-trainable arrays (BatchNorm running statistics) by name."""
+        return self._collect("buffers")
 
     def load_arrays(self, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None) -> None:
         """Copy arrays into the model by name (shapes must match exactly)."""
-        for store, given in (("params", params), ("state", buffers or {})):
+        for store, given in (("params", params), ("buffers", buffers or {})):
             for path, layer in self.named_layers():
                 target = getattr(layer, store)
                 for key in target:
@@ -114,8 +114,8 @@ class Model:
     def param_count(self) -> int:
         return self.net.param_count()
 
-    def state_count(self) -> int:
-        return self.net.state_count()
+    def buffer_count(self) -> int:
+        return self.net.buffer_count()
 
     def macs(self) -> int:
         return self.net.macs()

@@ -105,7 +105,7 @@ def layer_rows(model: Model) -> list[LayerRow]:
             trainable = layer.param_count()
             rows.append(LayerRow(
                 index=index, depth=depth, path=path, name=layer.name, type=layer.type_name,
-                output_shape=format_shape(layer.out_shape), params=trainable + layer.state_count(),
+                output_shape=format_shape(layer.out_shape), params=trainable + layer.buffer_count(),
                 trainable_params=trainable, macs=int(layer.macs()),
             ))
             visit(layer.children(), f"{index}.", f"{path}.", depth + 1)
@@ -125,7 +125,7 @@ def optimizer_slots(optimizer_spec) -> int:
 
 def memory_estimate(model: Model, batch_size: int, slots: int) -> dict[str, float]:
     """Memory in MB (10^6 bytes) of float32 arrays; see MEMORY_DEFINITION."""
-    trainable, buffers = model.param_count(), model.state_count()
+    trainable, buffers = model.param_count(), model.buffer_count()
     outputs = sum(math.prod(layer.out_shape) for _, layer in model.named_layers() if layer.out_shape)
     mem = {
         "parameters": (trainable + buffers) * BYTES_PER_VALUE / MB,
@@ -173,7 +173,7 @@ def summarize(model: Model, batch_size: int = 64, optimizer=None, stats: bool = 
         for row in rows:
             if row.path in found:
                 row.mean, row.std = found[row.path]
-    trainable, buffers = model.param_count(), model.state_count()
+    trainable, buffers = model.param_count(), model.buffer_count()
     return Summary(
         name=model.name,
         input_shape=format_shape(model.input_shape),

@@ -3,9 +3,14 @@
 The layer is cast to float64, a random upstream gradient ``g`` is drawn, and the
 analytic gradients of ``L = sum(forward(x) * g)`` with respect to the input and
 to every parameter are compared with central differences.
+
+:class:`Case` is one entry of the table of cases per layer type in ``test_layers.py``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,6 +36,24 @@ def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return grad
 
 
+@dataclass
+class Case:
+    """A small spec of one layer type and an input shape to check it on.
+
+    ``options`` go to :func:`check_layer` (batch, training, before_forward, ...);
+    ``prepare(layer, rng)`` runs once the layer is built (e.g. to randomise its weights).
+    """
+
+    fields: dict[str, Any]
+    in_shape: tuple[int, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Layer, np.random.Generator], None] | None = None
+
+    def __str__(self) -> str:
+        fields = ",".join(f"{k}={v}" for k, v in self.fields.items() if k != "body")
+        return f"{fields or 'defaults'}@{'x'.join(map(str, self.in_shape))}"
+
+
 def check_layer(
     layer: Layer,
     in_shape: tuple[int, ...],
@@ -40,10 +63,13 @@ def check_layer(
     tol: float = 1e-6,
     x: np.ndarray | None = None,
     before_forward=None,
+    input_grad: bool = True,
 ) -> dict[str, float]:
     """Build ``layer`` on ``in_shape``, check dx and every d(param); return the relative errors.
 
     ``before_forward`` is called before every forward pass, e.g. to pin a dropout mask.
+    With ``input_grad=False`` a layer may return None from backward: then only the
+    parameters are checked (the key ``x`` is missing from the result).
     """
     rng = np.random.default_rng(seed)
     if layer.out_shape is None:
@@ -66,12 +92,17 @@ def check_layer(
 
     run()
     layer.zero_grads()
-    dx = layer.backward(g)
-    analytic = {"x": dx.copy()}
+    layer.input_grad = input_grad
+    try:
+        dx = layer.backward(g)
+    finally:
+        layer.input_grad = True
+    assert dx is not None or not input_grad, f"{layer.name}: backward returned None although input_grad is True"
+    analytic = {} if dx is None else {"x": dx.copy()}
     for name, grad in named_grads(layer).items():
         analytic[name] = grad.copy()
 
-    errors = {"x": rel_error(analytic["x"], numeric_grad(loss, x))}
+    errors = {} if dx is None else {"x": rel_error(analytic["x"], numeric_grad(loss, x))}
     for name, p in named_params(layer).items():
         errors[name] = rel_error(analytic[name], numeric_grad(loss, p))
     bad = {k: v for k, v in errors.items() if not v < tol}
@@ -79,15 +110,19 @@ def check_layer(
     return errors
 
 
-def named_params(layer: Layer, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {f"{prefix}{k}": v for k, v in layer.params.items()}
+def _named(layer: Layer, store: str, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {f"{prefix}{k}": v for k, v in getattr(layer, store).items()}
     for c in layer.children():
-        out.update(named_params(c, f"{prefix}{c.name}."))
+        for name, array in _named(c, store, f"{prefix}{c.name}.").items():
+            # two layers of one name would hide one's parameters from the check
+            assert name not in out, f"two arrays named {name}: give the layers unique names"
+            out[name] = array
     return out
 
 
-def named_grads(layer: Layer, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {f"{prefix}{k}": v for k, v in layer.grads.items()}
-    for c in layer.children():
-        out.update(named_grads(c, f"{prefix}{c.name}."))
-    return out
+def named_params(layer: Layer) -> dict[str, np.ndarray]:
+    return _named(layer, "params")
+
+
+def named_grads(layer: Layer) -> dict[str, np.ndarray]:
+    return _named(layer, "grads")

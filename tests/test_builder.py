@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from nettrain import build_model, load_config
-from nettrain.builder import model_spec_of
+from nettrain.builder import Places, make_layers
 from nettrain.config import ModelSpec, config_from_dict, parse_config
 from nettrain.errors import ConfigError, ShapeError
-from nettrain.layers import REGISTRY, format_shape
+from nettrain.layers import REGISTRY, Layer, format_shape
+from nettrain.model import Model
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -35,7 +36,7 @@ def test_every_shipped_config_builds_and_runs_forward(path):
 def test_alexnet_100_matches_the_seed_exactly():
     model = build_model(load_config(ROOT / "configs" / "alexnet_100.yaml"))
     assert model.param_count() == 189_015
-    assert model.state_count() == 0
+    assert model.buffer_count() == 0
     shapes = [format_shape(layer.out_shape) for layer in model.layers]
     assert shapes == ["25x25x12", "12x12x12", "12x12x24", "5x5x24", "600", "300", "3"]
     convs = [l for l in model.layers if l.type_name == "conv2d"]
@@ -46,7 +47,7 @@ def test_cifar_resnet_is_resnet20():
     config = load_config(ROOT / "configs" / "cifar_resnet.yaml")
     model = build_model(config)
     assert model.param_count() == 269_722
-    assert model.state_count() == 1_376
+    assert model.buffer_count() == 1_376
     residuals = [l for l in model.layers if l.type_name == "residual"]
     assert len(residuals) == 9
     assert all(r.spec.shortcut == "zero_pad" for r in residuals)
@@ -196,6 +197,27 @@ model:
                               "layer 2 'conv2d_2' (conv2d) on input 6x6x4: ")
 
 
+def test_an_error_in_a_layer_the_config_does_not_list_is_placed_at_its_owner():
+    text = """\
+model:
+  input_shape: [8, 8, 4]
+  layers:
+    - type: residual
+      shortcut: projection
+      body: [{type: conv2d, filters: 8, kernel_size: 3, strides: 2, padding: same}]
+"""
+    config = parse_config(text, "net.yaml")
+    places = Places()
+    model = Model(make_layers(config.model.layers, config.location, places=places), config.model.internal_input_shape)
+    model.build(0)
+    shortcut_conv = model.layers[0].shortcut_layers[0]
+    located = places.locate(shortcut_conv.shape_error("too big", (4, 8, 8)), model)
+    assert str(located) == "net.yaml:4: model.layers[0]: layer 1 'residual_1' (residual) on input 8x8x4: too big"
+    inner = model.layers[0].body_layers[0]
+    assert str(places.locate(inner.shape_error("no", (4, 8, 8)), model)).startswith(
+        "net.yaml:6: model.layers[0].body[0]: layer 1.1 'conv2d_1' (conv2d) on input 8x8x4: no")
+
+
 def test_dense_on_an_image_says_what_to_add():
     with pytest.raises(ShapeError, match="flatten"):
         model_of([{"type": "dense", "units": 3}], [4, 4, 1])
@@ -203,28 +225,31 @@ def test_dense_on_an_image_says_what_to_add():
 
 # -- round trips -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_get_config_validates_back_to_the_same_specs(path):
+def test_layer_specs_validate_back_to_the_same_specs(path):
     model = build_model(load_config(path))
     for _, layer in model.named_layers():
         if layer.type_name in REGISTRY and type(layer) is REGISTRY[layer.type_name]:
-            again = type(layer).Spec.model_validate(layer.get_config())
+            again = type(layer).Spec.model_validate(layer.spec.model_dump(mode="json"))
             assert again.model_dump() == layer.spec.model_dump()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_model_spec_of_rebuilds_the_same_model(path):
+def test_the_saved_config_rebuilds_the_same_model(path):
+    """A run folder's config.yaml (the resolved config) gives back the model, weights included."""
     config = load_config(path)
     model = build_model(config)
-    again = build_model(config_from_dict({"model": model_spec_of(model), "train": {"seed": config.train.seed}}))
+    assert [layer.spec for layer in model.layers] == list(config.model.layers)  # the model holds the config's specs
+    again = build_model(parse_config(config.to_yaml(), "config.yaml"))
     assert [p for p, _ in again.named_layers()] == [p for p, _ in model.named_layers()]
     for name, value in model.parameters().items():
         np.testing.assert_array_equal(again.parameters()[name], value)
 
 
-def test_model_spec_of_keeps_a_residual_without_activation():
-    model = model_of([{"type": "residual", "activation": None,
-                       "body": [{"type": "conv2d", "filters": 2, "kernel_size": 1}]}], [3, 3, 2])
-    again = build_model(config_from_dict({"model": model_spec_of(model)}))
+def test_the_saved_config_keeps_a_residual_without_activation():
+    config = config_from_dict({"model": {"input_shape": [3, 3, 2], "layers": [
+        {"type": "residual", "activation": None, "body": [{"type": "conv2d", "filters": 2, "kernel_size": 1}]}]}})
+    assert build_model(config).layers[0].spec.activation is None
+    again = build_model(parse_config(config.to_yaml(), "config.yaml"))
     assert again.layers[0].spec.activation is None
 
 
@@ -233,6 +258,7 @@ def test_a_built_model_pickles_and_has_no_build_wrappers():
 
     model = build_model(load_config(ROOT / "configs" / "cifar_resnet.yaml"))
     assert all("build" not in vars(layer) for _, layer in model.named_layers())
+    assert all(type(layer).build is Layer.build for _, layer in model.named_layers())
     again = pickle.loads(pickle.dumps(model))
     x = np.random.default_rng(1).standard_normal((2, *model.input_shape)).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import make_layer
 from nettrain import kernels
 from nettrain.kernels import dispatch, pool, reference
 from nettrain.layers import REGISTRY
@@ -197,14 +198,8 @@ def test_pool_kernels_on_random_geometries(seed):
 @pytest.mark.parametrize("in_shape", [(4, 6, 5), (7,), (5, 3)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_fast_matches_reference(in_shape, training):
-    cls = REGISTRY["batchnorm"]
-
-    def make():
-        layer = cls(cls.Spec())
-        return layer
-
     rng = np.random.default_rng(3)
-    layer = make()
+    layer = make_layer("batchnorm")
     layer.build(in_shape, rng)
     layer.params["gamma"][:] = rng.uniform(0.5, 2, layer.params["gamma"].shape)
     layer.params["beta"][:] = rng.standard_normal(layer.params["beta"].shape)
@@ -213,14 +208,14 @@ def test_batchnorm_fast_matches_reference(in_shape, training):
     results, states = [], []
     for flag in (True, False):
         previous = kernels.set_compiled(flag)
-        saved = {k: v.copy() for k, v in layer.state.items()}
+        saved = {k: v.copy() for k, v in layer.buffers.items()}
         try:
             results.append(layer_outputs_and_grads(layer, x, dy, training))
-            states.append({k: v.copy() for k, v in layer.state.items()})
+            states.append({k: v.copy() for k, v in layer.buffers.items()})
         finally:
             kernels.set_compiled(previous)
             for k, v in saved.items():
-                layer.state[k][...] = v
+                layer.buffers[k][...] = v
     assert_same_results(*results)
     for k in states[0]:
         np.testing.assert_allclose(states[0][k], states[1][k], rtol=1e-5, atol=1e-6)

@@ -2,16 +2,12 @@
 
 import numpy as np
 
-from nettrain.layers import REGISTRY
+from conftest import make_layer
 from nettrain.initializers import NormalInit, initialize
 from nettrain.model import Model
 
 
 def alexnet_like(kernel_initializer=None):
-    def make(type_name, **fields):
-        cls = REGISTRY[type_name]
-        return cls(cls.Spec(type=type_name, **fields), name=f"{type_name}_{len(layers)}")
-
     layers = []
     init = {} if kernel_initializer is None else {"kernel_initializer": kernel_initializer}
     for type_name, fields in [
@@ -23,7 +19,7 @@ def alexnet_like(kernel_initializer=None):
         ("dense", dict(units=300, activation="relu", **init)),
         ("dense", dict(units=3, **init)),
     ]:
-        layers.append(make(type_name, **fields))
+        layers.append(make_layer(type_name, name=f"{type_name}_{len(layers)}", **fields))
     return Model(layers, (3, 100, 100)).build(0)
 
 

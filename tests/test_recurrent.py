@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import make_layer as make
 from gradcheck import check_layer
 
 from nettrain.errors import ShapeError
@@ -10,10 +11,6 @@ from nettrain.layers.recurrent import GRU, LSTM, SimpleRNN
 
 TYPES = ["simple_rnn", "gru", "lstm"]
 GATES = {"simple_rnn": 1, "gru": 3, "lstm": 4}
-
-
-def make(type_name, **fields):
-    return REGISTRY[type_name](**fields)
 
 
 def randomize(layer, rng, scale=0.5):
@@ -137,7 +134,7 @@ def test_registered_types_and_config_round_trip():
     assert REGISTRY["gru"] is GRU
     assert REGISTRY["lstm"] is LSTM
     layer = make("gru", units=8, return_sequences=True, kernel_initializer="he_uniform")
-    config = layer.get_config()
+    config = layer.spec.model_dump(mode="json")
     assert config["type"] == "gru" and config["units"] == 8
     assert GRU.Spec.model_validate(config) == layer.spec
     with pytest.raises(Exception):

@@ -175,3 +175,49 @@ def test_optimizer_steps_match_torch(tmp_path):
         if name in params:
             got = params[name].T if how == "T" else params[name]
             np.testing.assert_allclose(got, tensor.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(filters=4, kernel_size=3, padding="same"),
+    dict(filters=3, kernel_size=4, strides=2, padding="same", activation="relu"),  # even kernel: odd pad after
+    dict(filters=5, kernel_size=3, strides=2, dilation=2, padding=2, activation="tanh"),
+    dict(filters=2, kernel_size=5, strides=3, use_bias=False),
+], ids=["same", "same_stride2_relu", "dilated_padded_tanh", "valid_stride3_nobias"])
+def test_conv1d_matches_torch(kernel_path, fields):
+    """Conv1D against torch.nn.Conv1d with the same weights: output, input gradient, weight and bias gradients."""
+    from conftest import make_layer
+
+    channels, length, batch = 3, 11, 4
+    layer = make_layer("conv1d", **fields)
+    layer.build((channels, length), np.random.default_rng(0))
+    _, _, left, right = layer.pad
+    stride, padding = fields.get("strides", 1), fields.get("padding", "valid")
+    if padding == "same":  # Keras/TF: ceil(L / s) steps, the odd step of padding after
+        assert layer.out_shape[1] == -(-length // stride) and right - left in (0, 1)
+    else:
+        assert left == right == (0 if padding == "valid" else padding)
+    conv = torch.nn.Conv1d(channels, fields["filters"], fields["kernel_size"], stride=stride,
+                           dilation=fields.get("dilation", 1), bias=fields.get("use_bias", True))
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(layer.params["kernel"]))
+        if conv.bias is not None:
+            layer.params["bias"][...] = np.random.default_rng(1).standard_normal(fields["filters"])
+            conv.bias.copy_(torch.from_numpy(layer.params["bias"]))
+    activation = compare_torch.activation_module(fields.get("activation") or "linear")
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((batch, channels, length)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = activation(conv(torch.nn.functional.pad(xt, (left, right))))
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (yt * torch.from_numpy(g)).sum().backward()
+
+    y = layer.forward(x, training=True)
+    layer.zero_grads()
+    dx = layer.backward(g)
+    assert y.shape == (batch, *layer.out_shape) and y.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.grads["kernel"], conv.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+    if conv.bias is not None:
+        np.testing.assert_allclose(layer.grads["bias"], conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)

@@ -1,17 +1,23 @@
 """All layer types; importing this package registers every one of them.
 
+Every module of this package is imported here, and each registers its own layers
+with ``@register``: a new layer is a new module, with no list to extend.
+
 ``AnyLayerSpec`` is the discriminated union (on ``type``) of every registered
 layer spec; it is what a config's ``model.layers`` list is validated against.
 """
 
+import importlib
+import pkgutil
 from typing import Annotated, Union
 
 from pydantic import Field
 
 from .base import REGISTRY, Layer, LayerSpec, Shape, format_shape, register
-from . import activations, conv, dense, dropout, norm, pooling, residual, shape  # noqa: F401  (each registers its layers)
-from . import recurrent  # noqa: F401
 from .container import Sequential, walk
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def _any_layer_spec():

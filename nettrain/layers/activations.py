@@ -1,13 +1,16 @@
-"""Element-wise activations, usable as layers and as the ``activation`` field of Conv2D/Dense.
+"""Element-wise activations, usable as layers and as the ``activation`` field of Conv2D/Dense/Residual.
 
 Each activation is a pair of functions: ``forward(x) -> y`` and
 ``backward(dy, x, y) -> dx``; the backward uses whichever of ``x`` or ``y`` is cheaper.
+:class:`FusedActivation` applies one to a layer's own output and is the one place
+that decides what the backward pass keeps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from functools import partial
+from typing import Callable, Literal, Optional
 
 import numpy as np
 from pydantic import NonNegativeFloat, PositiveFloat
@@ -56,28 +59,41 @@ def softmax_backward(dy, x, y):
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
+# module-level functions bound with partial (not closures), so that a model holding them pickles
+def _leaky_relu_forward(alpha, x):
+    return np.where(x > 0, x, x * x.dtype.type(alpha))
+
+
+def _leaky_relu_backward(alpha, dy, x, y):
+    return np.where(x > 0, dy, dy * dy.dtype.type(alpha))
+
+
+def _elu_forward(alpha, x):
+    return np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
+
+
+def _elu_backward(alpha, dy, x, y):
+    return np.where(x > 0, dy, dy * (y + y.dtype.type(alpha)))
+
+
+def _identity(x):
+    return x
+
+
+def _identity_backward(dy, x, y):
+    return dy
+
+
 def leaky_relu(alpha: float) -> Activation:
-    def forward(x):
-        return np.where(x > 0, x, x * x.dtype.type(alpha))
-
-    def backward(dy, x, y):
-        return np.where(x > 0, dy, dy * dy.dtype.type(alpha))
-
-    return Activation(forward, backward)
+    return Activation(partial(_leaky_relu_forward, alpha), partial(_leaky_relu_backward, alpha))
 
 
 def elu(alpha: float) -> Activation:
-    def forward(x):
-        return np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
-
-    def backward(dy, x, y):
-        return np.where(x > 0, dy, dy * (y + y.dtype.type(alpha)))
-
-    return Activation(forward, backward)
+    return Activation(partial(_elu_forward, alpha), partial(_elu_backward, alpha))
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda x: x, lambda dy, x, y: dy, needs_input=False),
+    "linear": Activation(_identity, _identity_backward, needs_input=False),
     "relu": Activation(relu_forward, relu_backward, needs_input=False),
     "tanh": Activation(np.tanh, tanh_backward, needs_input=False),
     "sigmoid": Activation(sigmoid, sigmoid_backward, needs_input=False),
@@ -89,23 +105,50 @@ ACTIVATIONS: dict[str, Activation] = {
 ActivationName = Literal["linear", "relu", "tanh", "sigmoid", "softmax", "leaky_relu", "elu"]
 
 
+class FusedActivation:
+    """An activation applied to a layer's own output: ``y = act(z)`` and ``dz = act'(dy)``.
+
+    Keeps ``y`` for the backward pass, and ``z`` only when the derivative reads it
+    (leaky_relu, elu), so that a ReLU conv does not hold its pre-activation alive.
+    With no activation both directions hand their array through unchanged.
+    """
+
+    def __init__(self, activation: Activation | None):
+        self.activation = activation
+        self._z = self._y = None
+
+    @classmethod
+    def named(cls, name: Optional[str]) -> "FusedActivation":
+        """The ``activation:`` field of a spec: a name from ACTIVATIONS or null."""
+        return cls(ACTIVATIONS[name] if name else None)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        if self.activation is None:
+            return z
+        y = self.activation.forward(z)
+        self._z, self._y = (z if self.activation.needs_input else None), y
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self.activation is None:
+            return dy
+        return self.activation.backward(dy, self._z, self._y)
+
+
 class ActivationLayer(Layer):
     """Shared machinery: subclasses set ``activation()``."""
 
     def activation(self) -> Activation:
         return ACTIVATIONS[self.type_name]
 
-    def build(self, in_shape, rng):
-        self._fn = self.activation()
-        return super().build(in_shape, rng)
+    def create_params(self, in_shape, rng):
+        self.act = FusedActivation(self.activation())
 
     def forward(self, x, training=False):
-        y = self._fn.forward(x)
-        self._x, self._y = (x if self._fn.needs_input else None), y
-        return y
+        return self.act.forward(x)
 
     def backward(self, dy):
-        return self._fn.backward(dy, self._x, self._y)
+        return self.act.backward(dy)
 
 
 @register

@@ -8,17 +8,23 @@ A layer is one class with a pydantic ``Spec`` beside it::
             type: Literal["dense"] = "dense"
             units: PositiveInt
 
-        def build(self, in_shape, rng): ...      # -> out_shape (no batch axis)
+        def compute_output_shape(self, in_shape): ...   # -> out_shape, ShapeError if in_shape does not fit
+        def create_params(self, in_shape, rng): ...     # fills self.params (and self.buffers)
         def forward(self, x, training=False): ...
-        def backward(self, dy): ...               # -> dx, fills self.grads
+        def backward(self, dy): ...                     # -> dx, fills self.grads
 
-``params`` and ``grads`` are dicts with the same keys; non-trainable buffers
-(BatchNorm running statistics) live in ``state``. Shapes never include the
+:meth:`Layer.build` runs the fixed sequence (Keras' ``Layer.build``): record and
+check the input shape, ``compute_output_shape``, ``create_params``, zero the
+gradients. A layer fills in the two hooks and never overrides ``build``.
+
+``params`` and ``grads`` are dicts with the same keys; non-trainable arrays
+(BatchNorm running statistics) live in ``buffers``. Shapes never include the
 batch axis: images are ``(C, H, W)``, sequences ``(T, F)``, vectors ``(F,)``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, get_args
 
 import numpy as np
@@ -89,8 +95,20 @@ def format_shape(shape: Shape | None) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _array_size(error: MemoryError) -> str:
+    """``needs a 600 x 10000000 float32 array (24.0 GB): `` from NumPy's allocation error, if it says."""
+    shape, dtype = getattr(error, "shape", None), getattr(error, "dtype", None)
+    if shape is None or dtype is None:
+        return ""
+    size = math.prod(shape) * dtype.itemsize
+    return f"needs a {' x '.join(map(str, shape))} {dtype} array ({size / 1e9:,.1f} GB): "
+
+
+TOO_LARGE = "the layer does not fit in memory; lower its units or filters, or use a smaller input"
+
+
 class Layer:
-    """Base class: holds params/grads/state and the built shapes."""
+    """Base class: holds params/grads/buffers and the built shapes."""
 
     Spec: ClassVar[type[LayerSpec]] = LayerSpec
     type_name: ClassVar[str] = "layer"
@@ -104,7 +122,7 @@ class Layer:
         self.name = name or spec.name or self.type_name
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
-        self.state: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
         self.in_shape: Shape | None = None
         self.out_shape: Shape | None = None
         self.dtype = np.dtype(np.float32)
@@ -119,29 +137,55 @@ class Layer:
 
     # -- shapes -------------------------------------------------------------
     def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
-        """Create parameters for ``in_shape`` and return the output shape."""
-        self.in_shape = tuple(in_shape)
-        self.out_shape = self.compute_output_shape(self.in_shape)
+        """Create parameters for ``in_shape`` and return the output shape.
+
+        The same steps for every layer: record and check the input shape, compute the
+        output shape, create the parameters, zero the gradients. A ShapeError names this
+        layer (``error.layer``), its input (``error.in_shape``) and the problem (``error.detail``).
+        """
+        in_shape = tuple(in_shape)
+        if not all(isinstance(d, (int, np.integer)) and d > 0 for d in in_shape):
+            raise self.shape_error("every size of the input must be a positive whole number", in_shape)
+        self.in_shape = in_shape = tuple(int(d) for d in in_shape)
+        self.out_shape = tuple(self.compute_output_shape(in_shape))
+        try:
+            self.create_params(in_shape, rng)
+            for key, p in self.params.items():
+                self.grads[key] = np.zeros_like(p)
+        except MemoryError as e:
+            raise self.shape_error(f"{_array_size(e)}{TOO_LARGE}", in_shape) from None
+        except ValueError as e:  # NumPy: more bytes than an address space holds
+            if "too big" not in str(e) and "maximum supported dimension" not in str(e):
+                raise
+            raise self.shape_error(TOO_LARGE, in_shape) from None
         return self.out_shape
 
     def compute_output_shape(self, in_shape: Shape) -> Shape:
+        """The output shape for ``in_shape`` (no batch axis); ShapeError if the layer cannot take it.
+
+        Reads only the spec, never built state: it answers for any input shape.
+        """
         return in_shape
 
-    def shape_error(self, message: str) -> ShapeError:
-        return ShapeError(
-            f"layer '{self.name}' ({self.type_name}) on input {format_shape(self.in_shape)}: {message}"
-        )
+    def create_params(self, in_shape: Shape, rng: np.random.Generator) -> None:
+        """Fill ``params`` (and ``buffers``) for ``in_shape``; ``self.out_shape`` is already set."""
+
+    def shape_error(self, message: str, in_shape: Shape | None) -> ShapeError:
+        """``layer 'name' (type) on input HxWxC: message``, with the parts kept on the error."""
+        shape = None if in_shape is None else tuple(in_shape)
+        error = ShapeError(f"layer '{self.name}' ({self.type_name}) on input {format_shape(shape)}: {message}")
+        error.layer, error.in_shape, error.detail = self, shape, message
+        return error
 
     def require_rank(self, in_shape: Shape, ranks: tuple[int, ...], what: str) -> None:
         if len(in_shape) not in ranks:
-            self.in_shape = tuple(in_shape)
-            raise self.shape_error(f"expects {what}, got a rank-{len(in_shape)} input")
+            raise self.shape_error(f"expects {what}, got a rank-{len(in_shape)} input", in_shape)
 
     # -- computation --------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         raise NotImplementedError
 
     # -- bookkeeping --------------------------------------------------------
@@ -156,8 +200,8 @@ class Layer:
     def param_count(self) -> int:
         return sum(int(p.size) for p in self.params.values()) + sum(c.param_count() for c in self.children())
 
-    def state_count(self) -> int:
-        return sum(int(s.size) for s in self.state.values()) + sum(c.state_count() for c in self.children())
+    def buffer_count(self) -> int:
+        return sum(int(b.size) for b in self.buffers.values()) + sum(c.buffer_count() for c in self.children())
 
     def zero_grads(self) -> None:
         for k, p in self.params.items():
@@ -166,17 +210,13 @@ class Layer:
             c.zero_grads()
 
     def cast(self, dtype) -> None:
-        """Convert parameters, gradients and state to ``dtype`` (float64 for gradient checks)."""
+        """Convert parameters, gradients and buffers to ``dtype`` (float64 for gradient checks)."""
         self.dtype = np.dtype(dtype)
-        for store in (self.params, self.grads, self.state):
+        for store in (self.params, self.grads, self.buffers):
             for k in store:
                 store[k] = store[k].astype(self.dtype)
         for c in self.children():
             c.cast(dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        """The spec as a plain dict that validates back to the same spec."""
-        return self.spec.model_dump(mode="json")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, out_shape={self.out_shape})"

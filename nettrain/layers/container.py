@@ -24,13 +24,14 @@ class Sequential(Layer):
     def children(self) -> list[Layer]:
         return self.layers
 
-    def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
-        self.in_shape = tuple(in_shape)
-        shape = self.in_shape
+    def compute_output_shape(self, in_shape: Shape) -> Shape:
         for layer in self.layers:
-            shape = layer.build(shape, rng)
-        self.out_shape = shape
-        return shape
+            in_shape = layer.compute_output_shape(in_shape)
+        return in_shape
+
+    def create_params(self, in_shape: Shape, rng: np.random.Generator) -> None:
+        for layer in self.layers:
+            in_shape = layer.build(in_shape, rng)
 
     def forward(self, x, training=False):
         for layer in self.layers:
@@ -46,9 +47,6 @@ class Sequential(Layer):
 
     def macs(self) -> int:
         return sum(layer.macs() for layer in self.layers)
-
-    def get_config(self):
-        return {"type": "sequential", "layers": [layer.get_config() for layer in self.layers]}
 
 
 def walk(layer: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:

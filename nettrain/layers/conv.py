@@ -10,7 +10,7 @@ from pydantic import AfterValidator, PositiveInt, conlist
 
 from .. import kernels
 from ..initializers import InitializerSpec, initialize
-from .activations import ACTIVATIONS, ActivationName
+from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, Shape, register
 
 IntPair = Union[PositiveInt, conlist(PositiveInt, min_length=2, max_length=2)]
@@ -49,17 +49,20 @@ def resolve_padding(padding, in_hw, kernel, stride) -> kernels.Pad4:
     return (ph, ph, pw, pw)
 
 
-def window_output_size(layer: Layer, in_hw, kernel, stride, pad: kernels.Pad4, what: str = "kernel"):
-    """(n + p_before + p_after - f)/s + 1 per axis; a ShapeError spelling out the arithmetic if < 1."""
+def window_output_size(layer: Layer, in_shape: Shape, in_hw, kernel, stride, pad: kernels.Pad4,
+                       what: str = "kernel", axes: tuple[str, str] = ("height", "width")):
+    """(n + p_before + p_after - f)/s + 1 for each of the two window axes ``in_hw`` (named ``axes``)
+    of the input ``in_shape``; a ShapeError spelling out the arithmetic if < 1."""
     out = []
-    for axis, n, f, s, p0, p1 in (("height", in_hw[0], kernel[0], stride[0], pad[0], pad[1]),
-                                   ("width", in_hw[1], kernel[1], stride[1], pad[2], pad[3])):
+    for axis, n, f, s, p0, p1 in ((axes[0], in_hw[0], kernel[0], stride[0], pad[0], pad[1]),
+                                   (axes[1], in_hw[1], kernel[1], stride[1], pad[2], pad[3])):
         size = (n + p0 + p1 - f) // s + 1
         if n + p0 + p1 - f < 0:
             pad_text = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
             raise layer.shape_error(
                 f"{what} {f} does not fit the {axis} {n}: ({n} + {pad_text} - {f})/{s} + 1 = "
-                f"{(n + p0 + p1 - f) / s + 1:g}; use a smaller {what}, padding: same, or a larger input"
+                f"{(n + p0 + p1 - f) / s + 1:g}; use a smaller {what}, padding: same, or a larger input",
+                in_shape,
             )
         out.append(size)
     return tuple(out)
@@ -81,29 +84,33 @@ class Conv2D(Layer):
         kernel_initializer: Optional[InitializerSpec] = None
         bias_initializer: InitializerSpec = "zeros"
 
-    def build(self, in_shape: Shape, rng):
-        self.in_shape = tuple(in_shape)
-        self.require_rank(in_shape, (3,), "an image (height x width x channels); add a reshape before it")
+    def geometry_for(self, in_shape: Shape) -> kernels.ConvGeometry:
+        """Kernel, strides, dilation, padding and output size on ``in_shape`` (C, H, W)."""
         s = self.spec
         c, h, w = in_shape
-        self.kernel = as_pair(s.kernel_size)
-        self.stride = as_pair(s.strides)
-        self.dilation = as_pair(s.dilation)
-        effective = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
-        self.pad = resolve_padding(s.padding, (h, w), effective, self.stride)
-        self.out_hw = window_output_size(self, (h, w), effective, self.stride, self.pad)
-        self.geometry = kernels.ConvGeometry((c, h, w), self.kernel, self.stride, self.dilation, self.pad, self.out_hw)
+        kernel, stride, dilation = as_pair(s.kernel_size), as_pair(s.strides), as_pair(s.dilation)
+        effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        pad = resolve_padding(s.padding, (h, w), effective, stride)
+        out_hw = window_output_size(self, in_shape, (h, w), effective, stride, pad)
+        return kernels.ConvGeometry((c, h, w), kernel, stride, dilation, pad, out_hw)
+
+    def compute_output_shape(self, in_shape: Shape) -> Shape:
+        self.require_rank(in_shape, (3,), "an image (height x width x channels); add a reshape before it")
+        return (self.spec.filters, *self.geometry_for(in_shape).out_hw)
+
+    def create_params(self, in_shape: Shape, rng):
+        s = self.spec
+        g = self.geometry = self.geometry_for(in_shape)
+        self.kernel, self.stride, self.dilation, self.pad, self.out_hw = g.kernel, g.stride, g.dilation, g.pad, g.out_hw
+        c = in_shape[0]
         kh, kw = self.kernel
         fan_in, fan_out = c * kh * kw, s.filters * kh * kw
         init = s.kernel_initializer or ("he_normal" if s.activation in ("relu", "leaky_relu", "elu", None) else "glorot_uniform")
         self.params["kernel"] = initialize(init, (s.filters, c, kh, kw), fan_in, fan_out, rng)
         if s.use_bias:
             self.params["bias"] = initialize(s.bias_initializer, (s.filters,), fan_in, fan_out, rng)
-        self.act = ACTIVATIONS[s.activation] if s.activation else None
+        self.act = FusedActivation.named(s.activation)
         self._kept_cols: dict = {}  # the columns' arrays, reused from step to step
-        self.zero_grads()
-        self.out_shape = (s.filters, *self.out_hw)
-        return self.out_shape
 
     def macs(self) -> int:
         c = self.in_shape[0]
@@ -119,16 +126,10 @@ class Conv2D(Layer):
         self._cols = self._kept_cols if keep else None
         z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
         self._x = x
-        if self.act is None:
-            return z
-        y = self.act.forward(z)
-        self._z, self._y = (z if self.act.needs_input else None), y
-        return y
+        return self.act.forward(z)
 
     def backward(self, dy):
-        if self.act is not None:
-            dy = self.act.backward(dy, self._z, self._y)
-        dy = np.ascontiguousarray(dy)
+        dy = np.ascontiguousarray(self.act.backward(dy))
         ops = kernels.backend(dy.dtype)
         dx, dkernel, dbias = kernels.conv2d_backward(
             self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops, self.input_grad,

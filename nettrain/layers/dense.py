@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 
 from ..initializers import InitializerSpec, initialize
 from .. import kernels
-from .activations import ACTIVATIONS, ActivationName
+from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, register
 
 
@@ -25,20 +25,20 @@ class Dense(Layer):
         kernel_initializer: Optional[InitializerSpec] = None
         bias_initializer: InitializerSpec = "zeros"
 
-    def build(self, in_shape, rng):
-        self.in_shape = tuple(in_shape)
+    def compute_output_shape(self, in_shape):
         if len(in_shape) == 3:
-            raise self.shape_error("expects a vector or a sequence; add a flatten or global_avgpool2d before it")
+            raise self.shape_error(
+                "expects a vector or a sequence; add a flatten or global_avgpool2d before it", in_shape)
+        return (*in_shape[:-1], self.spec.units)
+
+    def create_params(self, in_shape, rng):
         s = self.spec
         fan_in = in_shape[-1]
         init = s.kernel_initializer or ("he_normal" if s.activation in ("relu", "leaky_relu", "elu") else "glorot_uniform")
         self.params["kernel"] = initialize(init, (fan_in, s.units), fan_in, s.units, rng)
         if s.use_bias:
             self.params["bias"] = initialize(s.bias_initializer, (s.units,), fan_in, s.units, rng)
-        self.act = ACTIVATIONS[s.activation] if s.activation else None
-        self.zero_grads()
-        self.out_shape = (*in_shape[:-1], s.units)
-        return self.out_shape
+        self.act = FusedActivation.named(s.activation)
 
     def macs(self) -> int:
         return int(np.prod(self.in_shape)) * self.spec.units
@@ -51,15 +51,10 @@ class Dense(Layer):
         z = z.reshape(*x.shape[:-1], units)
         if "bias" in self.params:
             z += self.params["bias"]
-        if self.act is None:
-            return z
-        y = self.act.forward(z)
-        self._z, self._y = z, y
-        return y
+        return self.act.forward(z)
 
     def backward(self, dy):
-        if self.act is not None:
-            dy = self.act.backward(dy, self._z, self._y)
+        dy = self.act.backward(dy)
         f_in, units = self.params["kernel"].shape
         x2, dy2 = self._x.reshape(-1, f_in), dy.reshape(-1, units)
         kernels.matmul_tn(x2, np.ascontiguousarray(dy2), self.grads["kernel"])

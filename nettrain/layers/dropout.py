@@ -19,10 +19,9 @@ class Dropout(Layer):
         rate: float = Field(0.5, ge=0.0, lt=1.0)
         seed: Optional[int] = None
 
-    def build(self, in_shape, rng):
+    def create_params(self, in_shape, rng):
         seed = self.spec.seed if self.spec.seed is not None else int(rng.integers(2**63))
         self.rng = np.random.default_rng(seed)
-        return super().build(in_shape, rng)
 
     def forward(self, x, training=False):
         if not training or self.spec.rate == 0:

@@ -27,19 +27,15 @@ class BatchNorm(Layer):
         center: bool = True
         scale: bool = True
 
-    def build(self, in_shape, rng):
-        self.in_shape = tuple(in_shape)
+    def create_params(self, in_shape, rng):
         # features: channels (axis 1) for images, the last axis otherwise
         features = in_shape[0] if len(in_shape) == 3 else in_shape[-1]
         if self.spec.scale:
             self.params["gamma"] = np.ones(features, np.float32)
         if self.spec.center:
             self.params["beta"] = np.zeros(features, np.float32)
-        self.state["running_mean"] = np.zeros(features, np.float32)
-        self.state["running_var"] = np.ones(features, np.float32)
-        self.zero_grads()
-        self.out_shape = self.in_shape
-        return self.out_shape
+        self.buffers["running_mean"] = np.zeros(features, np.float32)
+        self.buffers["running_var"] = np.ones(features, np.float32)
 
     def as_mfp(self, x: np.ndarray) -> np.ndarray:
         """View x as (M, F, P): statistics are shared along M and P (see nettrain.kernels)."""
@@ -54,7 +50,7 @@ class BatchNorm(Layer):
             mean, var = ops.batchnorm_stats(x3)
             self.update_running_stats(mean, var, x3.shape[0] * x3.shape[2])
         else:
-            mean, var = self.state["running_mean"].astype(x.dtype), self.state["running_var"].astype(x.dtype)
+            mean, var = self.buffers["running_mean"].astype(x.dtype), self.buffers["running_var"].astype(x.dtype)
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.spec.epsilon))
         gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
         scale = gamma * inv_std
@@ -67,7 +63,7 @@ class BatchNorm(Layer):
     def update_running_stats(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         mom = self.spec.momentum
         for key, batch in (("running_mean", mean), ("running_var", var * (count / max(count - 1, 1)))):
-            running = self.state[key]
+            running = self.buffers[key]
             running *= running.dtype.type(mom)
             running += running.dtype.type(1 - mom) * batch
 

@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
 from .. import kernels
-from .base import Layer, LayerSpec, register
+from .base import Layer, LayerSpec, Shape, register
 from .conv import IntPair, Padding, as_pair, resolve_padding, window_output_size
+
+
+class PoolSpec(LayerSpec):
+    """Fields shared by the windowed pools."""
+
+    pool_size: IntPair = 2
+    strides: Optional[IntPair] = None
+    padding: Padding = "valid"
 
 
 class Pool2D(Layer):
     """Shared window arithmetic; strides default to the pool size (Keras)."""
 
-    def build(self, in_shape, rng):
-        self.in_shape = tuple(in_shape)
-        self.require_rank(in_shape, (3,), "an image (height x width x channels)")
+    Spec: ClassVar[type[PoolSpec]] = PoolSpec
+
+    def geometry_for(self, in_shape: Shape) -> kernels.ConvGeometry:
         s = self.spec
-        self.pool = as_pair(s.pool_size)
-        self.stride = as_pair(s.strides if s.strides is not None else s.pool_size)
-        self.pad = resolve_padding(s.padding, in_shape[1:], self.pool, self.stride)
-        self.out_hw = window_output_size(self, in_shape[1:], self.pool, self.stride, self.pad, what="pool")
-        self.geometry = kernels.ConvGeometry(tuple(in_shape), self.pool, self.stride, (1, 1), self.pad, self.out_hw)
-        self.out_shape = (in_shape[0], *self.out_hw)
-        return self.out_shape
+        pool = as_pair(s.pool_size)
+        stride = as_pair(s.strides if s.strides is not None else s.pool_size)
+        pad = resolve_padding(s.padding, in_shape[1:], pool, stride)
+        out_hw = window_output_size(self, in_shape, in_shape[1:], pool, stride, pad, what="pool")
+        return kernels.ConvGeometry(tuple(in_shape), pool, stride, (1, 1), pad, out_hw)
+
+    def compute_output_shape(self, in_shape: Shape) -> Shape:
+        self.require_rank(in_shape, (3,), "an image (height x width x channels)")
+        return (in_shape[0], *self.geometry_for(in_shape).out_hw)
+
+    def create_params(self, in_shape: Shape, rng) -> None:
+        g = self.geometry = self.geometry_for(in_shape)
+        self.pool, self.stride, self.pad, self.out_hw = g.kernel, g.stride, g.pad, g.out_hw
 
 
 @register
 class MaxPool2D(Pool2D):
     """Maximum over each window; padding counts as -inf, so it never wins."""
 
-    class Spec(LayerSpec):
+    class Spec(PoolSpec):
         type: Literal["maxpool2d"] = "maxpool2d"
-        pool_size: IntPair = 2
-        strides: Optional[IntPair] = None
-        padding: Padding = "valid"
 
     def forward(self, x, training=False):
         y, self._arg = kernels.backend(x.dtype).max_pool_forward(x, self.geometry)
@@ -49,17 +60,13 @@ class MaxPool2D(Pool2D):
 class AvgPool2D(Pool2D):
     """Mean over each window; padded positions are left out of the count (Keras/TF)."""
 
-    class Spec(LayerSpec):
+    class Spec(PoolSpec):
         type: Literal["avgpool2d"] = "avgpool2d"
-        pool_size: IntPair = 2
-        strides: Optional[IntPair] = None
-        padding: Padding = "valid"
 
-    def build(self, in_shape, rng):
-        out = super().build(in_shape, rng)
+    def create_params(self, in_shape, rng):
+        super().create_params(in_shape, rng)
         self._inv_count = {}
         self._count = kernels.window_counts(self.geometry)
-        return out
 
     def inv_count(self, dtype) -> np.ndarray:
         """1 / (cells of each window inside the image), (OH, OW), in ``dtype``."""

@@ -67,17 +67,16 @@ class Recurrent(Layer):
 
     # -- building -----------------------------------------------------------
     def compute_output_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 2:
+            raise self.shape_error(
+                f"expects a sequence T x F (time steps x features), got a rank-{len(in_shape)} "
+                f"input; {sequence_hint(in_shape)}",
+                in_shape,
+            )
         steps = in_shape[0]
         return (steps, self.spec.units) if self.spec.return_sequences else (self.spec.units,)
 
-    def build(self, in_shape: Shape, rng: np.random.Generator) -> Shape:
-        in_shape = tuple(in_shape)
-        if len(in_shape) != 2:
-            self.in_shape = in_shape
-            raise self.shape_error(
-                f"expects a sequence T x F (time steps x features), got a rank-{len(in_shape)} "
-                f"input; {sequence_hint(in_shape)}"
-            )
+    def create_params(self, in_shape: Shape, rng: np.random.Generator) -> None:
         features, units = in_shape[1], self.spec.units
         width = self.gates * units
         self.params = {
@@ -93,9 +92,7 @@ class Recurrent(Layer):
         # orthogonal init returns a transposed (Fortran-ordered) array; in-place updates
         # through reshape(-1) views need C order
         self.params = {k: np.ascontiguousarray(p) for k, p in self.params.items()}
-        self.zero_grads()
         self._work: dict[str, np.ndarray] = {}
-        return super().build(in_shape, rng)
 
     def initial_bias(self, units: int, rng: np.random.Generator) -> np.ndarray:
         width = self.gates * units

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 import numpy as np
 from pydantic import PositiveInt
 
-from .activations import ACTIVATIONS, ActivationName
+from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, format_shape, register
 from .container import Sequential
 from .conv import Conv2D
@@ -39,7 +39,8 @@ class Residual(Layer):
         super().__init__(spec, name=name, **fields)
         self.body = Sequential(body or [], name="body")
         self.body_layers = self.body.layers
-        self.shortcut_layers: list[Layer] = []
+        self.shortcut = Sequential([], name="shortcut")  # the projection's conv and BatchNorm
+        self.shortcut_layers = self.shortcut.layers
         self.forward_hook = None
 
     @classmethod
@@ -56,39 +57,42 @@ class Residual(Layer):
             return max(1, round(in_shape[1] / body_shape[1]))
         return 1
 
-    def build(self, in_shape, rng):
-        self.in_shape = tuple(in_shape)
+    def compute_output_shape(self, in_shape):
         if not self.body_layers:
-            raise self.shape_error("the body is empty; give it at least one layer")
-        body_shape = self.body.build(self.in_shape, rng)
+            raise self.shape_error("the body is empty; give it at least one layer", in_shape)
+        body_shape = tuple(self.body.compute_output_shape(in_shape))
         kind = self.spec.shortcut
-        self.stride = self._stride(self.in_shape, body_shape)
-        if kind == "projection":
-            self.require_rank(in_shape, (3,), "an image for a projection shortcut")
-            conv = Conv2D(name="shortcut_conv", filters=body_shape[0], kernel_size=1, strides=self.stride, use_bias=False)
-            self.shortcut_layers = [conv, BatchNorm(name="shortcut_bn")]
-            short_shape = Sequential(self.shortcut_layers).build(self.in_shape, rng)
-        elif kind == "zero_pad":
-            self.require_rank(in_shape, (3,), "an image for a zero_pad shortcut")
+        if kind == "identity":
+            short_shape = tuple(in_shape)
+        else:  # a 1x1 convolution or a subsampling with the stride: ceil(n / s) rows and columns
+            self.require_rank(in_shape, (3,), f"an image for a {kind} shortcut")
             c, h, w = in_shape
-            if body_shape[0] < c:
+            if kind == "zero_pad" and body_shape[0] < c:
                 raise self.shape_error(
-                    f"zero_pad cannot shrink channels from {c} to {body_shape[0]}; use shortcut: projection"
+                    f"zero_pad cannot shrink channels from {c} to {body_shape[0]}; use shortcut: projection", in_shape
                 )
-            extra = body_shape[0] - c
-            self.channel_pad = (extra // 2, extra - extra // 2)
-            short_shape = (body_shape[0], -(-h // self.stride), -(-w // self.stride))
-        else:
-            short_shape = self.in_shape
-        if tuple(short_shape) != tuple(body_shape):
-            hint = self._hint(kind, self.in_shape, body_shape)
+            stride = self._stride(in_shape, body_shape)
+            short_shape = (body_shape[0], -(-h // stride), -(-w // stride))
+        if short_shape != body_shape:
+            hint = self._hint(kind, in_shape, body_shape)
             raise self.shape_error(
                 f"cannot add the body output {format_shape(body_shape)} to the {kind} shortcut "
-                f"{format_shape(tuple(short_shape))}{hint}"
+                f"{format_shape(short_shape)}{hint}",
+                in_shape,
             )
-        self.act = ACTIVATIONS[self.spec.activation] if self.spec.activation else None
-        self.out_shape = tuple(body_shape)
-        return self.out_shape
+        return body_shape
+
+    def create_params(self, in_shape, rng):
+        body_shape = self.body.build(in_shape, rng)
+        self.stride = self._stride(in_shape, body_shape)
+        if self.spec.shortcut == "projection":
+            conv = Conv2D(name="shortcut_conv", filters=body_shape[0], kernel_size=1, strides=self.stride, use_bias=False)
+            self.shortcut_layers[:] = [conv, BatchNorm(name="shortcut_bn")]
+            self.shortcut.build(in_shape, rng)
+        elif self.spec.shortcut == "zero_pad":
+            extra = body_shape[0] - in_shape[0]
+            self.channel_pad = (extra // 2, extra - extra // 2)
+        self.act = FusedActivation.named(self.spec.activation)
 
     @staticmethod
     def _hint(kind, in_shape, body_shape) -> str:
@@ -108,11 +112,8 @@ class Residual(Layer):
         if kind == "identity":
             return x
         if kind == "projection":
-            for layer in self.shortcut_layers:
-                x = layer.forward(x, training)
-                if self.forward_hook is not None:
-                    self.forward_hook(layer, x)
-            return x
+            self.shortcut.forward_hook = self.forward_hook
+            return self.shortcut.forward(x, training)
         s = self.stride
         sub = x[:, :, ::s, ::s]
         return np.pad(sub, ((0, 0), self.channel_pad, (0, 0), (0, 0)))
@@ -122,9 +123,7 @@ class Residual(Layer):
         if kind == "identity":
             return dy
         if kind == "projection":
-            for layer in reversed(self.shortcut_layers):
-                dy = layer.backward(dy)
-            return dy
+            return self.shortcut.backward(dy)
         s = self.stride
         before, after = self.channel_pad
         dx = np.zeros((dy.shape[0], *self.in_shape), dtype=dy.dtype)
@@ -133,19 +132,8 @@ class Residual(Layer):
 
     def forward(self, x, training=False):
         self.body.forward_hook = self.forward_hook
-        z = self.body.forward(x, training) + self._shortcut_forward(x, training)
-        if self.act is None:
-            return z
-        y = self.act.forward(z)
-        self._z, self._y = z, y
-        return y
+        return self.act.forward(self.body.forward(x, training) + self._shortcut_forward(x, training))
 
     def backward(self, dy):
-        if self.act is not None:
-            dy = self.act.backward(dy, self._z, self._y)
+        dy = self.act.backward(dy)
         return self.body.backward(dy) + self._shortcut_backward(dy)
-
-    def get_config(self):
-        config = super().get_config()
-        config["body"] = [layer.get_config() for layer in self.body_layers]
-        return config

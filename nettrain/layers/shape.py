@@ -40,16 +40,18 @@ class Reshape(Layer):
         target = list(self.spec.target_shape)
         size = int(np.prod(in_shape))
         if target.count(-1) > 1 or any(d == 0 or d < -1 for d in target):
-            raise self.shape_error(f"target_shape {target} may hold positive sizes and at most one -1")
+            raise self.shape_error(f"target_shape {target} may hold positive sizes and at most one -1", in_shape)
         if -1 in target:
             known = int(np.prod([d for d in target if d != -1]))
             if size % known:
-                raise self.shape_error(f"cannot infer -1 in {target}: {size} values are not a multiple of {known}")
+                raise self.shape_error(
+                    f"cannot infer -1 in {target}: {size} values are not a multiple of {known}", in_shape)
             target[target.index(-1)] = size // known
         if int(np.prod(target)) != size:
             raise self.shape_error(
                 f"target_shape {'x'.join(map(str, target))} holds {int(np.prod(target))} values but the input "
-                f"{format_shape(tuple(in_shape))} holds {size}"
+                f"{format_shape(tuple(in_shape))} holds {size}",
+                in_shape,
             )
         if len(target) == 3:  # H x W x C as written -> internal (C, H, W)
             target = [target[2], target[0], target[1]]
