@@ -1,0 +1,87 @@
+"""Watching one metric across epochs: the best checkpoint and early stopping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def improves(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` (``mode`` min or max).
+
+    A NaN or infinite value never improves; any finite value improves on no best yet.
+    """
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def monitored_metric(name: str, where: str, top_ks=(), has_validation: bool = True) -> tuple[str, str | None]:
+    """The row column to watch for ``name`` (given at ``where`` in the config) and a note, if any.
+
+    Without a validation split a ``val_`` metric falls back to its ``train_`` twin
+    (top-k to train accuracy), and the note says so.
+    """
+    known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} | {f"val_top{k}_accuracy" for k in top_ks}
+    if name not in known:
+        raise ConfigError(f"{where}: unknown metric '{name}'; use one of {sorted(known)}")
+    if name.startswith("val_") and not has_validation:
+        fallback = "train_" + name[4:] if name in ("val_loss", "val_accuracy") else "train_accuracy"
+        return fallback, f"{where}: no validation split, so '{fallback}' is monitored instead of '{name}'"
+    return name, None
+
+
+class BestTracker:
+    """The best value of ``monitor`` so far and its epoch: which epoch best.npz holds."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.monitor, self.mode = monitor, mode
+        self.value: float | None = None
+        self.epoch: int | None = None
+
+    def update(self, row: dict[str, Any]) -> bool:
+        """Take an epoch's row; True when it is the new best."""
+        if not improves(row[self.monitor], self.value, self.mode):
+            return False
+        self.value, self.epoch = row[self.monitor], row["epoch"]
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.value, "best_epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.epoch = state.get("best"), state.get("best_epoch")
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta = int(patience), abs(float(min_delta))
+        self.best: float | None = None
+        self.wait = 0
+
+    def update(self, row: dict[str, Any]) -> bool:
+        """Take an epoch's row; True when training should stop after this epoch."""
+        if improves(row[self.monitor], self.best, self.mode, self.min_delta):
+            self.best, self.wait = row[self.monitor], 0
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def reason(self) -> str:
+        best = "no finite value yet" if self.best is None else f"{self.best:.6g}"
+        by = f" by more than {self.min_delta:g}" if self.min_delta else ""
+        return (f"{self.monitor} has not improved{by} for {self.wait} epoch{'s' * (self.wait != 1)} "
+                f"(best {best}, patience {self.patience})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"es_best": self.best, "es_bad": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state.get("es_best"), int(state.get("es_bad", 0))
