@@ -32,9 +32,9 @@ class RunRecorder:
         return cls(run, columns, getattr(config.output, "plots", True))
 
     @classmethod
-    def open(cls, path: str | Path, config, columns: Iterable[str]) -> "RunRecorder":
+    def open(cls, path: str | Path, columns: Iterable[str], plots: bool = True) -> "RunRecorder":
         """The existing run folder at ``path``, to resume from its ``last.npz``."""
-        return cls(RunDir.open(path), columns, getattr(config.output, "plots", True))
+        return cls(RunDir.open(path), columns, plots)
 
     def write_config(self, text: str) -> None:
         write_text_atomic(self.run.config_yaml, text)

@@ -141,7 +141,7 @@ class Trainer:
         columns = list(METRIC_COLUMNS)
         columns[5:5] = [f"val_top{k}_accuracy" for k in self.top_ks]
         if resume is not None:
-            self.recorder = RunRecorder.open(resume, config, columns)
+            self.recorder = RunRecorder.open(resume, columns, getattr(config.output, "plots", True))
             self._restore()
         else:
             self.recorder = RunRecorder.create(config, columns)
