@@ -17,7 +17,8 @@ def improves(value: float | None, best: float | None, mode: str, min_delta: floa
         return False
     if best is None:
         return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
+    # written as Keras writes it (value -/+ min_delta against best), so ties round alike
+    return value + min_delta < best if mode == "min" else value - min_delta > best
 
 
 def monitored_metric(name: str, where: str, top_ks=(), has_validation: bool = True) -> tuple[str, str | None]:
@@ -58,7 +59,15 @@ class BestTracker:
 
 
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    The rule of ``keras.callbacks.EarlyStopping``: every epoch adds one to ``wait``; an
+    epoch that improves on the best by more than ``min_delta`` becomes the best, sets
+    ``wait`` back to 0 and never stops; one that does not stops training when ``wait >=
+    patience``. So ``patience: 0`` stops at the first epoch that does not improve,
+    ``patience: 2`` after two such epochs in a row, and the first epoch never stops.
+    Unlike Keras, a NaN or infinite value never becomes the best (as for best.npz).
+    """
 
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
         self.monitor, self.mode = monitor, mode
@@ -68,11 +77,11 @@ class EarlyStopping:
 
     def update(self, row: dict[str, Any]) -> bool:
         """Take an epoch's row; True when training should stop after this epoch."""
+        self.wait += 1
         if improves(row[self.monitor], self.best, self.mode, self.min_delta):
             self.best, self.wait = row[self.monitor], 0
-        else:
-            self.wait += 1
-        return self.wait >= self.patience
+            return False
+        return self.wait >= self.patience and row["epoch"] > 1
 
     def reason(self) -> str:
         best = "no finite value yet" if self.best is None else f"{self.best:.6g}"

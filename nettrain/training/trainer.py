@@ -311,8 +311,7 @@ class Trainer:
             row, improved, stop_early = self.finish_epoch()
             self.reporter.epoch_end(row, improved)
             if stop_early:
-                es = self.early_stopping
-                self.reporter.note(f"early stopping: {es.monitor} did not improve for {es.patience} epochs")
+                self.reporter.note(f"early stopping: {self.early_stopping.reason()}")
                 return "early_stopping"
             if self.stop.requested and self.epoch < self.epochs:
                 return "interrupted"
