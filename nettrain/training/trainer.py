@@ -95,8 +95,13 @@ class Trainer:
     """Trains ``config`` into a run folder (new, or ``resume``'s) and reports to ``reporter``.
 
     ``data`` and ``model`` may be given to skip loading/building (tests); the model
-    must then be the one ``build_model(config, seed)`` would build.
+    must then be the one ``build_model(config, seed)`` would build. A variant of the
+    loop (data-parallel, say) sets ``step_class`` and ``eval_class`` to its own
+    :class:`TrainStep` and :class:`EvalLoop`.
     """
+
+    step_class = TrainStep
+    eval_class = EvalLoop
 
     def __init__(self, config, *, resume: str | Path | None = None, reporter: Reporter | None = None,
                  data: DataBundle | None = None, model=None):
@@ -122,13 +127,13 @@ class Trainer:
         loss_fn = build_loss(t.loss)
         self.params = self.model.parameters()
         self.optimizer = build_optimizer(t.optimizer, self.params)
-        self.step = TrainStep(self.model, loss_fn, self.optimizer, getattr(t, "clip_grad_norm", None))
+        self.step = self.step_class(self.model, loss_fn, self.optimizer, getattr(t, "clip_grad_norm", None))
         self.steps_per_epoch = self._batches(0).num_batches
         self.schedule = build_schedule(getattr(t, "schedule", None), self.optimizer.lr, self.epochs,
                                        self.steps_per_epoch)
         self.top_ks = _top_ks(config, self.data.num_classes)
-        self.validation = EvalLoop(self.model, loss_fn, int(getattr(t, "eval_batch_size", None) or self.batch_size),
-                                   self.top_ks)
+        self.validation = self.eval_class(self.model, loss_fn,
+                                          int(getattr(t, "eval_batch_size", None) or self.batch_size), self.top_ks)
         self.best = BestTracker(*self._monitor(config.output.monitor, config.output.mode, "output.monitor"))
         es = getattr(t, "early_stopping", None)
         self.early_stopping = None if es is None else EarlyStopping(
@@ -138,15 +143,19 @@ class Trainer:
         self.stats = EpochStats()
         self.skipped_steps = 0
         self.stop = StopRequest()
+        self._open_run(resume)
+
+    def _open_run(self, resume: str | Path | None) -> None:
+        """A new run folder with the config and summary, or ``resume``'s with its state restored."""
         columns = list(METRIC_COLUMNS)
         columns[5:5] = [f"val_top{k}_accuracy" for k in self.top_ks]
         if resume is not None:
-            self.recorder = RunRecorder.open(resume, columns, getattr(config.output, "plots", True))
+            self.recorder = RunRecorder.open(resume, columns, getattr(self.config.output, "plots", True))
             self._restore()
         else:
-            self.recorder = RunRecorder.create(config, columns)
+            self.recorder = RunRecorder.create(self.config, columns)
             self.recorder.write_config(self.config_text)
-            self.recorder.write_summary(self.model, config)
+            self.recorder.write_summary(self.model, self.config)
         # A resumed run drops rows of epochs after its checkpoint (written just before a crash).
         rows = self.recorder.keep_rows(self.epoch)
         if len(rows) < self.epoch:
