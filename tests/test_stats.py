@@ -19,8 +19,8 @@ def test_running_means_skip_the_skipped_step():
     for samples, sums, lr in STEPS:
         stats.add_step(samples, sums, lr)
     assert (stats.seen, stats.trained) == (48, 80)
-    assert stats.loss == pytest.approx((0.9 * 32 + 0.6 * 16) / 48)
-    assert stats.accuracy == pytest.approx((0.5 * 32 + 0.75 * 16) / 48)
+    assert stats.counted.loss == pytest.approx((0.9 * 32 + 0.6 * 16) / 48)
+    assert stats.counted.accuracy == pytest.approx((0.5 * 32 + 0.75 * 16) / 48)
     assert stats.lr == 0.08  # the rate of the last step that counted
     assert stats.seconds > 0 and stats.img_per_s > 0
 
@@ -32,7 +32,7 @@ def test_row_columns_in_order_with_and_without_validation():
     row = stats.row(3, {"loss": 1.25, "accuracy": 0.5, "top5_accuracy": 0.875}, top_ks=[5], validation_seconds=2.0)
     assert list(row) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
                          "lr", "seconds", "img_per_s"]
-    assert without_time(row) == {"epoch": 3, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+    assert without_time(row) == {"epoch": 3, "train_loss": stats.counted.loss, "train_accuracy": stats.counted.accuracy,
                                  "val_loss": 1.25, "val_accuracy": 0.5, "val_top5_accuracy": 0.875, "lr": 0.08}
     assert row["seconds"] == pytest.approx(stats.seconds + 2.0)
     assert row["img_per_s"] == pytest.approx(80 / stats.seconds)

@@ -56,7 +56,7 @@ def test_a_step_is_forward_loss_backward_update(config, batch):
     for name, b in step.model.buffers().items():
         assert np.array_equal(b, model.buffers()[name]), name
     assert result.sums == BatchSums(loss * 32, accuracy(logits, y) * 32, 32)
-    assert result.loss == loss and result.grad_norm == pytest.approx(global_norm(model.gradients()))
+    assert result.sums.loss == loss and result.grad_norm == pytest.approx(global_norm(model.gradients()))
     assert step.optimizer.steps == 1
 
 
@@ -144,7 +144,7 @@ def test_reduce_hooks_sit_between_backward_and_clipping(config, batch):
     step.initial = copies(step.params)
     result = step(*batch)
     assert step.calls == ["sums", ("gradients", 32)]
-    assert result.sums.samples == 64 and result.loss == pytest.approx(plain_result.loss)
+    assert result.sums.samples == 64 and result.sums.loss == pytest.approx(plain_result.sums.loss)
     assert result.grad_norm == pytest.approx(10 * plain_result.grad_norm, rel=1e-5)  # the norm of reduced gradients
     # SGD with lr 1: the update is the reduced gradient
     for k, p in step.params.items():

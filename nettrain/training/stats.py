@@ -11,30 +11,27 @@ from .step import BatchSums
 class EpochStats:
     """The epoch's running training loss and accuracy, sample counts, time and learning rate.
 
-    ``seen`` counts the samples of the steps that counted, ``trained`` every sample fed
-    (a skipped step adds to ``trained`` only); ``seconds`` is training time, added up
+    ``counted`` sums the steps that counted, ``trained`` counts every sample fed (a
+    skipped step adds to ``trained`` only); ``seconds`` is training time, added up
     across a stop and resume; ``lr`` is the rate of the last step that counted. A
     mid-epoch checkpoint stores :meth:`state_dict`, so a resumed epoch ends with the
     same row as one never stopped.
     """
 
     def __init__(self) -> None:
-        self.loss_sum = 0.0
-        self.acc_sum = 0.0
-        self.seen = 0
+        self.counted = BatchSums()
         self.trained = 0
         self.seconds = 0.0
         self.lr = 0.0
         self.start_clock()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum, "acc_sum": self.acc_sum, "seen": self.seen, "trained": self.trained,
-                "seconds": self.seconds, "lr": self.lr}
+        return {"loss_sum": self.counted.loss_sum, "acc_sum": self.counted.accuracy_sum, "seen": self.counted.samples,
+                "trained": self.trained, "seconds": self.seconds, "lr": self.lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            if key in self.state_dict():
-                setattr(self, key, value)
+        self.counted = BatchSums(state.get("loss_sum", 0.0), state.get("acc_sum", 0.0), state.get("seen", 0))
+        self.trained, self.seconds, self.lr = state.get("trained", 0), state.get("seconds", 0.0), state.get("lr", 0.0)
 
     def start_clock(self) -> None:
         """Start timing this session's part of the epoch (at its start, or where a resume picks it up)."""
@@ -43,20 +40,14 @@ class EpochStats:
     def add_step(self, samples: int, sums: BatchSums | None, lr: float) -> None:
         """Count a step over ``samples`` samples; ``sums`` is None for a skipped step."""
         if sums is not None:
-            self.loss_sum += sums.loss_sum
-            self.acc_sum += sums.accuracy_sum
-            self.seen += sums.samples
+            self.counted = self.counted + sums
             self.lr = lr
         self.trained += samples
         self.seconds = self._seconds0 + time.perf_counter() - self._t0
 
     @property
-    def loss(self) -> float:
-        return self.loss_sum / self.seen
-
-    @property
-    def accuracy(self) -> float:
-        return self.acc_sum / self.seen
+    def seen(self) -> int:
+        return self.counted.samples
 
     @property
     def img_per_s(self) -> float:
@@ -68,8 +59,8 @@ class EpochStats:
         """The epoch's metric row; ``validation`` holds the means of :class:`EvalSums` (None: no validation)."""
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": self.loss,
-            "train_accuracy": self.accuracy,
+            "train_loss": self.counted.loss,
+            "train_accuracy": self.counted.accuracy,
             "val_loss": None,
             "val_accuracy": None,
         }

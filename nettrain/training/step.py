@@ -33,16 +33,19 @@ from ..optimizers import Optimizer, build_optimizer, clip_grad_norm, global_norm
 
 @dataclass(frozen=True)
 class BatchSums:
-    """What one batch adds to the epoch's running sums.
+    """What batches add to running sums: the loss and accuracy means times ``samples``.
 
-    ``loss_sum`` and ``accuracy_sum`` are the batch means times ``samples``, so sums
-    over batches (or over the slices of one batch on several processes) divide by the
-    total sample count to give the mean.
+    Sums over batches (or over the slices of one batch on several processes) add with
+    ``+`` and divide by the total sample count to give the means.
     """
 
-    loss_sum: float
-    accuracy_sum: float
-    samples: int
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    samples: int = 0
+
+    def __add__(self, other: "BatchSums") -> "BatchSums":
+        return BatchSums(self.loss_sum + other.loss_sum, self.accuracy_sum + other.accuracy_sum,
+                         self.samples + other.samples)
 
     @property
     def loss(self) -> float:
@@ -59,14 +62,6 @@ class StepResult:
 
     sums: BatchSums
     grad_norm: float
-
-    @property
-    def loss(self) -> float:
-        return self.sums.loss
-
-    @property
-    def accuracy(self) -> float:
-        return self.sums.accuracy
 
 
 class NonFiniteStep(Exception):

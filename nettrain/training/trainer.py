@@ -272,8 +272,8 @@ class Trainer:
             self.global_step += 1
             self.stats.add_step(len(yb), result.sums if result else None, self.optimizer.lr)
             if self.stats.seen:
-                self.reporter.batch_end(self.epoch + 1, self.batch, self.stats.loss, self.stats.accuracy,
-                                        self.stats.img_per_s)
+                self.reporter.batch_end(self.epoch + 1, self.batch, self.stats.counted.loss,
+                                        self.stats.counted.accuracy, self.stats.img_per_s)
             if self.stop.requested and self.batch < batches.num_batches:
                 return False
         return True
