@@ -310,15 +310,16 @@ def peak_rss_mb() -> float:
 class NettrainWorker:
     def __init__(self, config, batch_size, seed, use_fast):
         from nettrain import kernels
-        from nettrain.bench import TrainStep, random_batch
+        from nettrain.bench import random_batch
         from nettrain.builder import build_model
+        from nettrain.training.step import TrainStep
 
         if use_fast is not None:
             kernels.set_compiled(use_fast)
         self.kernels = kernels.kernel_path()
         self.model = build_model(config, seed=seed)
         self.x, self.y = random_batch(self.model, config.train.loss.type, batch_size, _rng(seed))
-        self.step_fn = TrainStep(self.model, config.train)
+        self.step_fn = TrainStep.from_spec(self.model, config.train)
 
     def outputs(self, x):
         return self.model.forward(x, training=False)

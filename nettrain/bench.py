@@ -3,7 +3,8 @@
 :func:`benchmark` builds the model of a config, feeds it random batches of the
 config's input shape and measures
 
-* the training step (forward, loss, backward, gradient clipping if configured,
+* the training step that ``nettrain train`` runs (:class:`nettrain.training.step.TrainStep`:
+  forward, loss, backward, the non-finite guard, gradient clipping if configured,
   optimizer update from the config), in images per second;
 * the forward pass in evaluation mode, in images per second;
 * each layer's own forward and backward time (a residual block's row holds
@@ -28,9 +29,8 @@ import numpy as np
 from . import kernels
 from .errors import NettrainError
 from .kernels import chunk_workers
-from .losses import build_loss
 from .model import Model
-from .optimizers import build_optimizer, clip_grad_norm
+from .training.step import NonFiniteStep, TrainStep
 
 
 def peak_rss_mb() -> float | None:
@@ -68,26 +68,6 @@ def random_batch(model: Model, loss_type: str, batch_size: int, rng: np.random.G
     else:
         y = rng.standard_normal((batch_size, *out), dtype=np.float32)
     return x, y
-
-
-class TrainStep:
-    """One optimizer step as training does it: forward, loss, backward, clipping, update."""
-
-    def __init__(self, model: Model, train_spec):
-        self.model = model
-        self.loss = build_loss(train_spec.loss)
-        self.params = model.parameters()
-        self.grads = model.gradients()
-        self.optimizer = build_optimizer(train_spec.optimizer, self.params)
-        self.clip = train_spec.clip_grad_norm
-
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> float:
-        loss = self.loss.forward(self.model.forward(x, training=True), y)
-        self.model.backward(self.loss.backward(), input_grad=False)
-        if self.clip:
-            clip_grad_norm(self.grads, self.clip)
-        self.optimizer.step(self.params, self.grads)
-        return loss
 
 
 def _timed(fn, steps: int) -> list[float]:
@@ -189,15 +169,23 @@ def benchmark(
     model = build_model(config, seed=seed)
     rng = np.random.default_rng(seed)
     x, y = random_batch(model, config.train.loss.type, batch_size, rng)
-    step = TrainStep(model, config.train)
+    step = TrainStep.from_spec(model, config.train)
+
+    def train_step() -> None:
+        try:
+            step(x, y)
+        except NonFiniteStep as e:  # a skipped step would time only half the work
+            raise NettrainError(f"{config.run_name}: the training step went non-finite on random inputs ({e}); "
+                                "lower train.optimizer.lr or set train.clip_grad_norm") from None
+
     with kernel_path(use_fast) as path:
-        train_times = _timed(lambda: step(x, y), warmup + steps)[warmup:]
+        train_times = _timed(train_step, warmup + steps)[warmup:]
         forward = lambda: model.forward(x, training=False)  # noqa: E731
         forward_times = _timed(forward, warmup + steps)[warmup:]
         layer_steps = layer_steps or min(steps, 5)
         timer = LayerTimer(model)
         with timer.installed():
-            _timed(lambda: step(x, y), layer_steps)
+            _timed(train_step, layer_steps)
     train_s, forward_s = statistics.median(train_times), statistics.median(forward_times)
     return {
         "config": config.run_name,

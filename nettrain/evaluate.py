@@ -20,7 +20,8 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint, restore_model
 from .data import Split, load_data, normalize_channels, read_npz
 from .errors import CheckpointError, DataError
-from .losses import build_loss, softmax_probs, topk_accuracy
+from .losses import build_loss, softmax_probs
+from .training.evaluation import EvalLoop, confusion_matrix
 
 
 @dataclass
@@ -93,12 +94,6 @@ def load_split(trained: Trained, split: str = "test") -> Split:
 
 # --------------------------------------------------------------------------- metrics
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``C[i, j]`` of samples of class ``i`` predicted as ``j``: (K, K) int64."""
-    flat = y_true.astype(np.int64) * num_classes + y_pred.astype(np.int64)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
     tp = np.diag(cm).astype(np.float64)
@@ -113,31 +108,21 @@ def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, A
 
 def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256) -> dict[str, Any]:
     """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``."""
-    loss_fn = build_loss(loss_spec)
-    n = len(split)
-    if n == 0:
+    if len(split) == 0:
         raise DataError("the split to evaluate is empty")
     k = max(len(classes), int(model.output_shape[-1]))
-    loss_sum, top5_sum, preds, labels = 0.0, 0.0, [], []
-    for start in range(0, n, batch_size):
-        xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
-        logits = model.forward(xb, training=False)
-        loss_sum += loss_fn.forward(logits, yb) * len(yb)
-        flat = logits.reshape(-1, logits.shape[-1])
-        if k > 5:
-            top5_sum += topk_accuracy(flat, yb.reshape(-1), 5) * len(yb)
-        preds.append(flat.argmax(axis=-1))
-        labels.append(yb.reshape(-1))
-    y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
+    loop = EvalLoop(model, build_loss(loss_spec), batch_size, top_ks=(5,) if k > 5 else (), confusion_classes=k)
+    sums = loop.run(split.x, split.y)
+    cm = sums.confusion
     names = list(classes) + [str(i) for i in range(len(classes), k)]
-    cm = confusion_matrix(y_true, y_pred, k)
     report: dict[str, Any] = {
-        "samples": int(n),
-        "loss": loss_sum / n,
-        "accuracy": float(np.mean(y_pred == y_true)),
+        "samples": sums.samples,
+        "loss": sums.loss_sum / sums.samples,
+        # every predicted position counts once (a sequence model predicts one class per timestep)
+        "accuracy": float(np.trace(cm) / cm.sum()),
     }
     if k > 5:
-        report["top5_accuracy"] = top5_sum / n
+        report["top5_accuracy"] = sums.topk_sums[5] / sums.samples
     report["classes"] = names
     report["per_class"] = per_class_scores(cm, names)
     report["confusion_matrix"] = cm.tolist()

@@ -11,6 +11,7 @@ plain arrays (fit for ``np.savez``); loading it continues training bit for bit.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Union
 
 import numpy as np
@@ -84,16 +85,30 @@ def parse_optimizer(value, where: str = "optimizer") -> OptimizerSpec:
     return validate_spec(_OPTIMIZER_ADAPTER, value, where)
 
 
-def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """The L2 norm of all gradients together: sqrt of the sum of every array's squares.
+
+    Each array's sum of squares is taken in its own dtype and the sum over arrays in
+    float64. When float32 sums overflow although every gradient is finite, the norm is
+    taken again in float64, so only a NaN or infinite gradient gives a non-finite norm.
+    """
+    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if not math.isfinite(total) and all(np.isfinite(g).all() for g in grads.values()):
+        total = math.sqrt(sum(float(np.vdot(g64, g64)) for g64 in (g.astype(np.float64) for g in grads.values())))
+    return total
+
+
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float, norm: float | None = None) -> float:
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (as torch.nn.utils.clip_grad_norm_). A
-    non-finite norm is returned without touching the gradients, so the caller
-    can report it.
+    Returns the norm before clipping (as torch.nn.utils.clip_grad_norm_); ``norm`` is
+    that norm when the caller has already taken it with :func:`global_norm`. A
+    non-finite norm is returned without touching the gradients, so the caller can
+    report it.
     """
-    total = float(np.sqrt(sum(np.vdot(g, g) for g in grads.values())))
+    total = global_norm(grads) if norm is None else norm
     coef = max_norm / (total + 1e-6)
-    if np.isfinite(total) and coef < 1.0:
+    if math.isfinite(total) and coef < 1.0:
         for g in grads.values():
             g *= g.dtype.type(coef)
     return total

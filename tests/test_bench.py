@@ -134,3 +134,12 @@ def test_bench_threads_option_sets_the_worker_count(cnn_config, monkeypatch):
                                       "--warmup", "0", "--format", "json", "--threads", "3"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["threads"] == 3
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow in the worker threads' GEMMs, by design here
+def test_bench_runs_the_training_step_and_its_guard(cnn_config, tmp_path):
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text(cnn_config.read_text().replace("lr: 0.01", "lr: 1.0e+30").replace("clip_grad_norm: 1.0\n", ""))
+    result = CliRunner().invoke(app, ["bench", str(diverging), "--batch-size", "4", "--steps", "3", "--warmup", "0"])
+    assert result.exit_code == 2 and result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "went non-finite on random inputs" in result.output and "train.optimizer.lr" in result.output

@@ -195,6 +195,25 @@ def test_early_stopping_stops_after_patience(tmp_path):
     assert any("early stopping" in n for n in reporter.notes)
 
 
+def test_early_stopping_with_patience_0_stops_at_the_first_epoch_without_improvement(tmp_path):
+    # mode max on a falling train loss: epoch 1 is the best, epoch 2 does not improve on it
+    config = tiny_config(tmp_path, epochs=4, early_stopping={"monitor": "train_loss", "mode": "max", "patience": 0})
+    reporter = StopAfter(0, 0)
+    _, result = fit(config, reporter=reporter)
+    assert result.stopped == "early_stopping" and [r["epoch"] for r in result.rows] == [1, 2]
+    assert any("early stopping: train_loss has not improved for 1 epoch " in n for n in reporter.notes)
+
+
+def test_early_stopping_counts_on_across_a_resume(tmp_path):
+    stopping = {"monitor": "val_accuracy", "mode": "max", "patience": 2, "min_delta": 1.0}
+    _, straight = fit(tiny_config(tmp_path, "straight", epochs=6, early_stopping=stopping))
+    config = tiny_config(tmp_path, "stopped", epochs=6, early_stopping=stopping)
+    fit_interrupted(config, epoch=3, batch=2)
+    _, resumed = fit(config, resume=tmp_path / "stopped")
+    assert straight.stopped == resumed.stopped == "early_stopping"
+    assert [r["epoch"] for r in resumed.rows] == [r["epoch"] for r in straight.rows] == [1, 2, 3]
+
+
 def test_top5_metric_adds_a_column(tmp_path):
     config = tiny_config(tmp_path, classes=7, epochs=1, metrics=["accuracy", "top5_accuracy"])
     _, result = fit(config)
