@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint, load_checkpoint, restore_model
 from .data import Split, load_data, normalize_channels, read_npz
 from .errors import CheckpointError, DataError
 from .losses import build_loss, softmax_probs
+from .shapes import image_to_chw, images_to_nchw
 from .training.evaluation import EvalLoop, confusion_matrix
 
 
@@ -205,7 +206,7 @@ def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # Pillow raises many types for a file that is not an image
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return image_to_chw(array)
 
 
 def read_npz_inputs(path: Path) -> np.ndarray:
@@ -222,9 +223,9 @@ def read_npz_inputs(path: Path) -> np.ndarray:
     if x.dtype.kind not in "uif":
         raise DataError(f"{path}: {key!r} must be numeric, got dtype {x.dtype}")
     if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) as written by most tools
+        x = images_to_nchw(x)  # (N, H, W, C) as written by most tools
     elif x.ndim == 3:
-        x = x[:, None]
+        x = images_to_nchw(x)
     return x
 
 

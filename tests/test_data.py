@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from nettrain import data as D
+from nettrain.data import locate
 from nettrain.data import (
     AugmentSpec,
     Batches,
@@ -561,8 +562,8 @@ def test_default_location_data_name_in_cwd(tmp_path, monkeypatch):
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(D, "REPO_DATA_DIR", tmp_path / "repo" / "data")
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
+    monkeypatch.setattr(locate, "REPO_DATA_DIR", tmp_path / "repo" / "data")
+    monkeypatch.setattr(locate, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
     with pytest.raises(DataError) as err:
         load_data(DataSpec(dataset="fashion_mnist"))
     message = str(err.value)

@@ -23,6 +23,7 @@ import pytest
 from nettrain import data as D
 from nettrain.checkpoint import load_checkpoint
 from nettrain.config import parse_config
+from nettrain.data import cifar
 from nettrain.download import download, safe_extract
 from nettrain.errors import CheckpointError, ConfigError, DataError
 from test_download import CIFAR_ARCHIVE, Server, add_bytes, cifar_tar, md5
@@ -98,8 +99,8 @@ def references(name_test):
 
 
 def test_sources_are_found():
-    names = {p.name for p in SOURCES}
-    assert {"data.py", "checkpoint.py", "config.py", "yamltree.py", "download.py"} <= names
+    names = {p.relative_to(ROOT / "nettrain").as_posix() for p in SOURCES if p.is_relative_to(ROOT / "nettrain")}
+    assert {"data/cifar.py", "data/npz.py", "checkpoint.py", "config.py", "yamltree.py", "download.py"} <= names
 
 
 # ============================================================================ pickle
@@ -118,17 +119,17 @@ def test_the_only_unpickler_is_the_restricted_one_in_data():
                 bases = [qualified(b, aliases) for b in node.bases]
                 if any(b and b.endswith("Unpickler") for b in bases):
                     methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
-                    subclasses.append((path.name, node.name, "find_class" in methods))
-    assert subclasses == [("data.py", "SafeUnpickler", True)]
+                    subclasses.append((path.relative_to(ROOT).as_posix(), node.name, "find_class" in methods))
+    assert subclasses == [("nettrain/data/cifar.py", "SafeUnpickler", True)]
     direct = calls(lambda n: n.endswith("Unpickler") and n.split(".")[0] in UNSAFE_DESERIALIZERS)
     assert direct == [], direct  # nobody instantiates the unrestricted pickle.Unpickler
 
 
 def test_restricted_unpickler_allows_only_array_rebuilding():
-    modules = {module for module, _ in D._PICKLE_ALLOWED}
+    modules = {module for module, _ in cifar._PICKLE_ALLOWED}
     assert modules <= {"numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
                        "numpy._core.numeric", "numpy", "_codecs"}
-    assert {name for _, name in D._PICKLE_ALLOWED} <= {"_reconstruct", "_frombuffer", "ndarray", "dtype", "encode"}
+    assert {name for _, name in cifar._PICKLE_ALLOWED} <= {"_reconstruct", "_frombuffer", "ndarray", "dtype", "encode"}
 
 
 def hostile_pickle(module: str, name: str, marker: Path) -> bytes:

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import ShapeError
+from ..shapes import format_shape
 
 Shape = tuple[int, ...]
 
@@ -83,16 +84,6 @@ def register(cls: type["Layer"]) -> type["Layer"]:
     cls.type_name = type_name
     REGISTRY[type_name] = cls
     return cls
-
-
-def format_shape(shape: Shape | None) -> str:
-    """Shapes as the user writes them: images HxWxC, others joined by x."""
-    if shape is None:
-        return "?"
-    if len(shape) == 3:
-        c, h, w = shape
-        return f"{h}x{w}x{c}"
-    return "x".join(str(d) for d in shape)
 
 
 def _array_size(error: MemoryError) -> str:
