@@ -18,7 +18,7 @@ from .config import Config, ModelSpec
 from .errors import ConfigError, ShapeError
 from .layers import REGISTRY, Layer, LayerSpec, format_shape
 from .model import Model
-from .yamltree import Path, format_path
+from .config.yamltree import Path, format_path
 
 
 class LayerNamer:

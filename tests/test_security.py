@@ -100,7 +100,8 @@ def references(name_test):
 
 def test_sources_are_found():
     names = {p.relative_to(ROOT / "nettrain").as_posix() for p in SOURCES if p.is_relative_to(ROOT / "nettrain")}
-    assert {"data/cifar.py", "data/npz.py", "checkpoint.py", "config.py", "yamltree.py", "download.py"} <= names
+    assert {"data/cifar.py", "data/npz.py", "checkpoint.py", "config/loader.py", "config/yamltree.py",
+            "download.py"} <= names
 
 
 # ============================================================================ pickle

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_NODES = 200_000  # values after alias expansion; a real config has a few hundred
 MAX_DEPTH = 64
@@ -101,6 +101,47 @@ def copy_tree(node: Node, note: str | None = None) -> Node:
     if node.is_list():
         return Node([copy_tree(v, note) for v in node.value], where)
     return Node(node.value, where)
+
+
+def where_text(where: Where, source: str, rest: Path = ()) -> str:
+    """``file:line: path (note)`` for a node, the origin (``--set ...``) replacing the line."""
+    if where.origin:
+        loc = f"{source}: {where.origin}"
+    elif where.line is not None:
+        loc = f"{source}:{where.line}"
+    else:
+        loc = source
+    note = f" ({where.note})" if where.note else ""
+    return f"{loc}: {format_path(where.path + tuple(rest))}{note}"
+
+
+def node_at(tree: Node, path: Path) -> tuple[Node, Path]:
+    """The deepest node along ``path`` and the part of the path below it that does not exist."""
+    node = tree
+    for i, key in enumerate(path):
+        if node.is_map() and isinstance(key, str) and key in node.value:
+            node = node.value[key]
+        elif node.is_list() and isinstance(key, int) and 0 <= key < len(node.value):
+            node = node.value[key]
+        else:
+            return node, tuple(path[i:])
+    return node, ()
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value as it would be written in YAML, shortened to ``limit`` characters."""
+    if isinstance(value, str):
+        text = repr(value)
+    elif value is None or isinstance(value, bool):
+        text = "null" if value is None else str(value).lower()
+    elif isinstance(value, (dict, list)):
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        except yaml.YAMLError:
+            text = repr(value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- parsing --------------------------------------------------------------------
