@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from nettrain import data as D
@@ -682,53 +680,3 @@ def test_horizontal_flip_extremes():
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(horizontal_flip(x, rng, p=1.0), x[..., ::-1])
     np.testing.assert_array_equal(horizontal_flip(x, rng, p=0.0), x)
-
-
-# --------------------------------------------------------------------------- fuzzing
-
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def only_data_errors(reader, path: Path) -> None:
-    try:
-        reader(path)
-    except DataError:
-        pass
-
-
-@pytest.fixture(scope="module")
-def fuzz_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz")
-
-
-@FUZZ
-@given(blob=st.binary(max_size=400), gz=st.booleans())
-def test_fuzz_random_bytes(fuzz_dir, blob, gz):
-    path = fuzz_dir / "random"
-    path.write_bytes(gzip.compress(blob) if gz else blob)
-    for reader in (read_idx, read_cifar_batch, read_cifar_binary_batch, read_npz, D.read_cifar_meta):
-        only_data_errors(reader, path)
-
-
-def _valid_idx() -> bytes:
-    return idx_bytes(np.arange(2 * 5 * 5, dtype=np.uint8).reshape(2, 5, 5))
-
-
-def _valid_pickle(protocol: int) -> bytes:
-    return pickle.dumps(cifar_batch_dict(2, seed=0), protocol=protocol)
-
-
-@FUZZ
-@given(data=st.data(), which=st.sampled_from(["idx", "idx.gz", "pickle2", "pickle5"]))
-def test_fuzz_mutated_valid_files(fuzz_dir, data, which):
-    base = {"idx": _valid_idx, "idx.gz": lambda: gzip.compress(_valid_idx()),
-            "pickle2": lambda: _valid_pickle(2), "pickle5": lambda: _valid_pickle(5)}[which]()
-    blob = bytearray(base)
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(0, len(blob) - 1))
-        blob[pos] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(blob)))
-    path = fuzz_dir / "mutated"
-    path.write_bytes(bytes(blob[:cut]))
-    reader = read_idx if which.startswith("idx") else read_cifar_batch
-    only_data_errors(reader, path)

@@ -270,6 +270,8 @@ def test_fuzz_mutated_data_files(fuzz_dir, valid, data, kind):
     path.write_bytes(mutate(data, valid[kind]))
     error = CheckpointError if kind == "checkpoint" else DataError
     only_our_errors(READERS[kind], path, allowed=error)
+    if kind.startswith("idx"):
+        only_our_errors(D.read_idx, path, allowed=DataError)  # any IDX type and shape
 
 
 @FUZZ
@@ -281,6 +283,7 @@ def test_fuzz_random_bytes(fuzz_dir, blob, gz, zipped):
     path.write_bytes(gzip.compress(blob) if gz else blob)
     for kind in ("idx", "idx.gz", "cifar.pickle2", "cifar.bin", "npz"):
         only_our_errors(READERS[kind], path, allowed=DataError)
+    only_our_errors(D.read_idx, path, allowed=DataError)  # any IDX type and shape
     only_our_errors(D.read_cifar_meta, path, allowed=DataError)
     only_our_errors(load_checkpoint, path, allowed=CheckpointError)
 
