@@ -185,7 +185,7 @@ def layers_command(
     format: str = typer.Option("table", "--format", help="table, markdown or json"),
 ) -> None:
     """Every layer type with its fields, their types and defaults (read from the schemas)."""
-    from .config import layer_reference
+    from .config.reference import layer_reference, layers_markdown
 
     if format not in ("table", "markdown", "json"):
         _fail(_usage(f"--format must be table, markdown or json, got {format!r}"))
@@ -195,39 +195,17 @@ def layers_command(
 
         typer.echo(json.dumps(reference, indent=2))
     elif format == "markdown":
-        typer.echo(_layers_markdown(reference))
+        typer.echo(layers_markdown(reference))
     else:
         _print_layers(reference)
-
-
-COMMON_FIELDS_NOTE = (
-    "Every layer also takes `name` (unique in the model; default `<type>_<k>`, e.g. `conv2d_3`) "
-    "and `repeat: n` (n copies in a row)."
-)
-
-
-def _layers_markdown(reference) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    out = [COMMON_FIELDS_NOTE, ""]
-    for layer in reference:
-        out += [f"### `{layer['type']}`", ""]
-        if layer["doc"]:
-            out += [layer["doc"], ""]
-        if layer["fields"]:
-            out += ["| field | type | default |", "| --- | --- | --- |"]
-            out += [f"| `{f['name']}` | {cell(f['type'])} | {cell(f['default'])} |" for f in layer["fields"]]
-        else:
-            out.append("No fields.")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
 
 
 def _print_layers(reference) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from .config.reference import COMMON_FIELDS_NOTE
 
     table = Table(title="layer types", title_justify="left")
     for column in ("type", "field", "accepts", "default"):
@@ -239,6 +217,10 @@ def _print_layers(reference) -> None:
                           Text(f["type"]), Text(f["default"]), end_section=i == len(fields) - 1)
     Console().print(table)
     typer.echo(COMMON_FIELDS_NOTE.replace("`", ""))
+    for layer in reference:
+        for f in layer["fields"]:
+            if f["doc"]:
+                typer.echo(f"{layer['type']}.{f['name']}: {f['doc'].replace('`', '')}")
 
 
 @app.command()

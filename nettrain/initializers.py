@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 InitializerName = Literal[
     "he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "orthogonal", "zeros", "ones", "normal"
@@ -22,10 +22,13 @@ class NormalInit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["normal"] = "normal"
-    std: PositiveFloat = 0.05
+    std: PositiveFloat = Field(0.05, description="the standard deviation; `normal` by name uses 0.05")
 
 
 InitializerSpec = Union[InitializerName, NormalInit]
+
+# What every initializer field accepts, for the field descriptions of the layers.
+NAMES_NOTE = "`normal` draws from a normal distribution with std 0.05; `{name: normal, std: s}` sets another std."
 
 
 def _orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

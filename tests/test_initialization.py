@@ -4,6 +4,7 @@ import numpy as np
 
 from conftest import make_layer
 from nettrain.initializers import NormalInit, initialize
+from nettrain.layers import REGISTRY
 from nettrain.model import Model
 
 
@@ -54,3 +55,27 @@ def test_orthogonal_init_is_orthogonal():
     np.testing.assert_allclose(w.T @ w, np.eye(4), atol=1e-10)
     w = initialize("he_normal", (4000, 50), 50, 4000, np.random.default_rng(0))
     assert abs(w.std() - np.sqrt(2 / 50)) < 0.01
+
+
+def _kernel(type_name, in_shape, **fields):
+    return Model([make_layer(type_name, name="layer", **fields)], in_shape).build(7).layers[0].params["kernel"]
+
+
+def test_the_default_kernel_initializer_is_the_one_the_schema_describes():
+    layers = {"dense": ((6,), dict(units=3)), "conv2d": ((2, 5, 5), dict(filters=3, kernel_size=3))}
+    he = {"dense": {"relu", "leaky_relu", "elu"}, "conv2d": {"relu", "leaky_relu", "elu", None}}
+    for type_name, (in_shape, fields) in layers.items():
+        description = REGISTRY[type_name].Spec.model_fields["kernel_initializer"].description
+        he_part, glorot_part = description.split(", else glorot_uniform")
+        assert he_part.startswith("null: he_normal when")
+        for activation in ("linear", "relu", "tanh", "sigmoid", "softmax", "leaky_relu", "elu", None):
+            default = _kernel(type_name, in_shape, activation=activation, **fields)
+            expected = "he_normal" if activation in he[type_name] else "glorot_uniform"
+            explicit = _kernel(type_name, in_shape, activation=activation, kernel_initializer=expected, **fields)
+            np.testing.assert_array_equal(default, explicit)
+            named_in = he_part if activation in he[type_name] else glorot_part
+            assert (activation or ("left out" if type_name == "conv2d" else "no activation")) in named_in
+    assert "std 0.05" in description and NormalInit().std == 0.05
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(initialize("normal", (3, 4), 4, 3, np.random.default_rng(0)),
+                                  (rng.standard_normal((3, 4)) * 0.05).astype(np.float32))

@@ -118,8 +118,41 @@ def layer_reference() -> list[dict]:
 
 
 def fields_reference(model: type[BaseModel]) -> list[dict]:
-    """Each field of a schema: name, accepted values, default (``required`` if none)."""
+    """Each field of a schema: name, accepted values, default (``required`` if none), what it means."""
     return [
-        {"name": k, "type": describe_type(f.annotation, f.metadata), "default": _default_text(f), "required": f.is_required()}
+        {"name": k, "type": describe_type(f.annotation, f.metadata), "default": _default_text(f),
+         "required": f.is_required(), "doc": f.description or ""}
         for k, f in model.model_fields.items()
     ]
+
+
+COMMON_FIELDS_NOTE = (
+    "Every layer also takes `name` (unique in the model; default `<type>_<k>`, e.g. `conv2d_3`) "
+    "and `repeat: n` (n copies in a row)."
+)
+
+
+def fields_markdown(fields: list[dict], first: str = "field", second: str = "type") -> list[str]:
+    """A markdown table of ``fields_reference`` rows; a ``meaning`` column when any field has one."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    with_doc = any(f["doc"] for f in fields)
+    header = [first, second, "default"] + (["meaning"] if with_doc else [])
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for f in fields:
+        cells = [f"`{f['name']}`", cell(f["type"]), cell(f["default"])] + ([cell(f["doc"])] if with_doc else [])
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def layers_markdown(reference: list[dict] | None = None) -> str:
+    """The layer section of docs/config.md (``nettrain layers --format markdown``)."""
+    out = [COMMON_FIELDS_NOTE, ""]
+    for layer in reference if reference is not None else layer_reference():
+        out += [f"### `{layer['type']}`", ""]
+        if layer["doc"]:
+            out += [layer["doc"], ""]
+        out += fields_markdown(layer["fields"]) if layer["fields"] else ["No fields."]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -6,10 +6,10 @@ import math
 from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
-from pydantic import AfterValidator, PositiveInt, conlist
+from pydantic import AfterValidator, Field, PositiveInt, conlist
 
 from .. import kernels
-from ..initializers import InitializerSpec, initialize
+from ..initializers import NAMES_NOTE, InitializerSpec, initialize
 from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, Shape, register
 
@@ -81,7 +81,9 @@ class Conv2D(Layer):
         dilation: IntPair = 1
         use_bias: bool = True
         activation: Optional[ActivationName] = None
-        kernel_initializer: Optional[InitializerSpec] = None
+        kernel_initializer: Optional[InitializerSpec] = Field(None, description=(
+            "null: he_normal when the activation is relu, leaky_relu, elu or left out (batchnorm and relu "
+            f"usually follow), else glorot_uniform (linear, tanh, sigmoid, softmax). {NAMES_NOTE}"))
         bias_initializer: InitializerSpec = "zeros"
 
     def geometry_for(self, in_shape: Shape) -> kernels.ConvGeometry:

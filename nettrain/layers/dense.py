@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 
-from ..initializers import InitializerSpec, initialize
+from ..initializers import NAMES_NOTE, InitializerSpec, initialize
 from .. import kernels
 from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, register
@@ -22,7 +22,9 @@ class Dense(Layer):
         units: PositiveInt
         activation: Optional[ActivationName] = None
         use_bias: bool = True
-        kernel_initializer: Optional[InitializerSpec] = None
+        kernel_initializer: Optional[InitializerSpec] = Field(None, description=(
+            "null: he_normal when the activation is relu, leaky_relu or elu, else glorot_uniform "
+            f"(no activation, linear, tanh, sigmoid, softmax). {NAMES_NOTE}"))
         bias_initializer: InitializerSpec = "zeros"
 
     def compute_output_shape(self, in_shape):
