@@ -27,7 +27,18 @@ class NormalInit(BaseModel):
 
 InitializerSpec = Union[InitializerName, NormalInit]
 
-# What every initializer field accepts, for the field descriptions of the layers.
+# What each name draws; fan_in and fan_out are the inputs and outputs one weight connects
+# (a conv: channels x kh x kw and filters x kh x kw; a dense or recurrent kernel: its rows and columns).
+DESCRIPTIONS = {
+    "he_normal": "normal with std sqrt(2 / fan_in), for ReLU-like activations",
+    "he_uniform": "uniform in +-sqrt(6 / fan_in)",
+    "glorot_normal": "normal with std sqrt(2 / (fan_in + fan_out))",
+    "glorot_uniform": "uniform in +-sqrt(6 / (fan_in + fan_out)), for tanh, sigmoid and linear outputs",
+    "orthogonal": "a random orthogonal matrix (the kernel seen as its first axis by the rest)",
+    "zeros": "all 0",
+    "ones": "all 1",
+    "normal": "normal with std 0.05; `{name: normal, std: s}` sets another std",
+}
 NAMES_NOTE = "`normal` draws from a normal distribution with std 0.05; `{name: normal, std: s}` sets another std."
 
 

@@ -61,10 +61,16 @@ class Summary:
     stats_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``layers`` (name, type, output_shape, params, macs, ...) and the totals."""
+        """JSON-ready: ``layers`` (name, type, output_shape, params, macs, ...) and the totals.
+
+        A layer's ``index`` is a number, its position among its siblings (1-based);
+        with ``depth`` it gives the table's labels back: ``4.2`` is index 2 at depth 1
+        under the layer with index 4 at depth 0.
+        """
         layers = []
         for row in self.rows:
             item = asdict(row)
+            item["index"] = int(row.index.rpartition(".")[2])
             if self.stats_batch is None:
                 item.pop("mean"), item.pop("std")
             else:

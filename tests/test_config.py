@@ -489,6 +489,42 @@ def test_an_invalid_override_value_is_reported_at_the_override():
     assert message.startswith("x.yaml: --set model.layers[0].filters=abc: model.layers[0].filters: Input should be a valid integer")
 
 
+def test_overrides_count_negative_indices_from_the_end():
+    config = parse_config(SMALL, "x.yaml", ["model.layers[-1].units=3", "model.layers[-4].filters=6"])
+    assert config.model.layers[3].units == 3 and config.model.layers[0].filters == 6
+    assert one_problem(SMALL, ["model.layers[-5].filters=1"]) == (
+        "x.yaml: --set model.layers[-5].filters=1: model.layers has 4 entries; [-5] is out of range")
+    message = one_problem(SMALL, ["model.layers[-1].units=0"])  # reported at the layer it reached
+    assert message.startswith("x.yaml: --set model.layers[-1].units=0: model.layers[3].units: Input should be greater than 0")
+
+
+@pytest.mark.parametrize("override, fix", [
+    ("model.layers.0.filters=3", "model.layers[0].filters"),
+    ("model.layers.-1.units=3", "model.layers[-1].units"),
+    ("model.layers.2=x", "model.layers[2]"),
+])
+def test_a_dotted_index_gets_the_bracket_form(override, fix):
+    key = override.split("=")[0]
+    assert one_problem(SMALL, [override]) == (
+        f"x.yaml: --set {override}: '{key}' is not a path; write list positions in brackets: {fix}")
+
+
+def test_fractional_epochs_say_got_once():
+    assert one_problem(SMALL, ["train.epochs=1.5"]) == (
+        "x.yaml: --set train.epochs=1.5: train.epochs: Input should be a valid integer, got 1.5 "
+        "(a number with a fractional part)")
+
+
+@pytest.mark.parametrize("spelling, dataset", [
+    ("fashion_mnist", "fashion_mnist"), ("fashion-mnist", "fashion_mnist"), ("Fashion-MNIST", "fashion_mnist"),
+    ("cifar-10", "cifar10"), ("mnist", "mnist"),
+])
+def test_data_set_names_as_data_download_spells_them(spelling, dataset):
+    config = parse_config(SMALL + f"data: {{dataset: {spelling}, path: d}}\n")
+    assert config.data.dataset == dataset
+    assert f"dataset: {dataset}" in config.to_yaml()
+
+
 # -- fuzzing: only ConfigError, never another exception ------------------------------------------------
 FUZZ_BASE = (ROOT / "configs" / "cifar_resnet.yaml").read_text()
 FUZZ_SMALL = """\

@@ -587,6 +587,16 @@ def test_data_spec_validation():
     assert spec.augment.active and spec.normalize == "per_channel"
 
 
+def test_data_spec_takes_every_name_data_download_takes():
+    from nettrain.download import ALIASES, DATASETS, dataset_info
+
+    for name in [*DATASETS, *ALIASES, "FASHION-MNIST"]:
+        spec = DataSpec(dataset=name)
+        assert dataset_info(spec.dataset).name == dataset_info(name).name  # the same data set
+    with pytest.raises(ValidationError, match="fashion_mnist"):
+        DataSpec(dataset="fashion")
+
+
 def test_synthetic_is_deterministic_and_class_dependent():
     spec = DataSpec(dataset="synthetic", synthetic={"shape": [8, 8, 3], "num_classes": 4, "train_size": 200,
                                                     "test_size": 40, "noise": 0.1})

@@ -120,6 +120,18 @@ def test_json_has_the_promised_keys(residual_summary):
     assert data["memory_definition"] == MEMORY_DEFINITION
 
 
+def test_json_index_is_the_position_among_siblings(residual_summary):
+    layers = json.loads(json.dumps(residual_summary.to_dict()))["layers"]
+    assert all(type(layer["index"]) is int for layer in layers)
+    assert [(layer["depth"], layer["index"]) for layer in layers] == [
+        (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4), (0, 4), (0, 5)]
+    labels, at_depth = [], []
+    for layer in layers:  # depth and index give back the table's 3.1-style labels
+        at_depth[layer["depth"]:] = [str(layer["index"])]
+        labels.append(".".join(at_depth))
+    assert labels == [row.index for row in residual_summary.rows]
+
+
 def test_csv_rows(residual_summary):
     rows = summary_csv_rows(residual_summary)
     assert rows[0][:5] == ["index", "name", "type", "output_shape", "params"]

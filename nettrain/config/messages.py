@@ -116,7 +116,9 @@ def _message(found: _Located, tree: Node, merged: bool) -> tuple[Where, Path, st
         if message.startswith(prefix):
             message = message[len(prefix):]
     if "input" in err and not isinstance(value, dict):
-        message += f", got {shown(value)}"
+        # pydantic's own "got ..." becomes the reason: "got 1.5 (a number with a fractional part)"
+        message, said, why = message.partition(", got ")
+        message += f", got {shown(value)}" + (f" ({why})" if said else "")
     if isinstance(value, str) and value.startswith("$"):
         message += " ($parameters work only inside model.blocks)"
     if merged or kind.endswith("_type") or kind.endswith("_parsing"):

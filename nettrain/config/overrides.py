@@ -19,17 +19,25 @@ from .schema import USE_KEYS, Config
 from .walk import child_annotation, is_layer_union, model_for, valid_keys
 from .yamltree import Node, Path, Where, format_path, from_plain, shown, to_plain
 
-OVERRIDE_PATH = re.compile(r"^[A-Za-z_][\w\-]*(\[\d+\])*(\.[A-Za-z_][\w\-]*(\[\d+\])*)*$")
-OVERRIDE_TOKEN = re.compile(r"[A-Za-z_][\w\-]*|\[\d+\]")
+OVERRIDE_PATH = re.compile(r"^[A-Za-z_][\w\-]*(\[-?\d+\])*(\.[A-Za-z_][\w\-]*(\[-?\d+\])*)*$")
+OVERRIDE_TOKEN = re.compile(r"[A-Za-z_][\w\-]*|\[-?\d+\]")
+DOTTED_INDEX = re.compile(r"\.(-?\d+)(?=[.\[]|$)")  # model.layers.0.filters: a position written as a key
 
 
 def parse_override(text: str, source: str) -> tuple[Path, Any]:
-    """``model.layers[0].filters=32`` -> (('model', 'layers', 0, 'filters'), 32); the value read as YAML."""
+    """``model.layers[0].filters=32`` -> (('model', 'layers', 0, 'filters'), 32); the value read as YAML.
+
+    Positions may be negative, counted from the end as in Python (``model.layers[-1]``).
+    """
     if "=" not in text:
         raise ConfigError(f"{source}: --set {text}: expected path=value, e.g. --set train.optimizer.lr=0.05")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not OVERRIDE_PATH.match(key):
+        bracketed = DOTTED_INDEX.sub(r"[\1]", key)
+        if OVERRIDE_PATH.match(bracketed):
+            raise ConfigError(f"{source}: --set {text}: '{key}' is not a path; write list positions in brackets: "
+                              f"{bracketed}")
         raise ConfigError(f"{source}: --set {text}: '{key}' is not a path like train.optimizer.lr or model.layers[0].filters")
     path = tuple(int(t[1:-1]) if t.startswith("[") else t for t in OVERRIDE_TOKEN.findall(key))
     try:
@@ -65,14 +73,18 @@ def apply_override(tree: Node, text: str, source: str) -> None:
     def fail(message: str) -> ConfigError:
         return ConfigError(f"{source}: {origin}: {message}")
 
+    reached: list = []  # the path so far, negative positions counted from the end
     for i, key in enumerate(path):
-        here, last = path[:i], i == len(path) - 1
-        new = from_plain(value, Where(path, origin=origin)) if last else None
+        here, last = tuple(reached), i == len(path) - 1
         if isinstance(key, int):
             if not node.is_list():
                 raise fail(f"{format_path(here)} is not a list, so [{key}] does not exist")
-            if key >= len(node.value):
+            if not -len(node.value) <= key < len(node.value):
                 raise fail(f"{format_path(here)} has {len(node.value)} entries; [{key}] is out of range")
+            key %= len(node.value)
+        reached.append(key)
+        new = from_plain(value, Where(tuple(reached), origin=origin)) if last else None
+        if isinstance(key, int):
             if last:
                 node.value[key] = new
                 return

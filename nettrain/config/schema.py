@@ -61,9 +61,13 @@ class BlockSpec(StrictModel):
 class ModelSpec(StrictModel):
     """``input_shape`` as the user writes it: ``[H, W, C]`` image, ``[T, F]`` sequence or ``[F]`` vector."""
 
-    input_shape: conlist(PositiveInt, min_length=1, max_length=3)
-    layers: list[AnyLayerSpec] = Field(min_length=1)
-    blocks: dict[str, BlockSpec] = Field(default_factory=dict)
+    input_shape: conlist(PositiveInt, min_length=1, max_length=3) = Field(description=(
+        "one sample without the batch axis: `[H, W, C]` image, `[T, F]` sequence (T timesteps of F features) "
+        "or `[F]` vector"))
+    layers: list[AnyLayerSpec] = Field(min_length=1, description=(
+        "the layers in order (see Layers); block uses and `repeat: n` are allowed"))
+    blocks: dict[str, BlockSpec] = Field(default_factory=dict, description=(
+        "named groups of layers with parameters, used from `layers` (see Blocks)"))
 
     @property
     def internal_input_shape(self) -> tuple[int, ...]:
@@ -74,25 +78,39 @@ class ModelSpec(StrictModel):
 class EarlyStoppingSpec(StrictModel):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
 
-    monitor: str = "val_accuracy"
-    mode: Literal["min", "max"] = "max"
-    patience: NonNegativeInt = 5
-    min_delta: NonNegativeFloat = 0.0
+    monitor: str = Field("val_accuracy", description=(
+        "the metric watched: `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy` or `val_topK_accuracy`"))
+    mode: Literal["min", "max"] = Field("max", description="`max`: higher is better; `min`: lower is better")
+    patience: NonNegativeInt = Field(5, description=(
+        "epochs in a row without improvement after which training stops; 0: the first such epoch"))
+    min_delta: NonNegativeFloat = Field(0.0, description=(
+        "an epoch improves only when it beats the best value so far by more than this"))
 
 
 class TrainSpec(StrictModel):
-    loss: LossSpec = Field(default_factory=SoftmaxCrossEntropySpec)
-    optimizer: OptimizerSpec = Field(default_factory=AdamSpec)
-    schedule: ScheduleSpec = Field(default_factory=ConstantSpec)
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 64
-    eval_batch_size: Optional[PositiveInt] = None
-    seed: NonNegativeInt = 0
-    metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
-    clip_grad_norm: Optional[PositiveFloat] = None
-    early_stopping: Optional[EarlyStoppingSpec] = None
-    on_nonfinite: Literal["stop", "skip"] = "stop"
-    log_every: PositiveInt = 50  # steps between progress-bar metric updates
+    """How to train: loss, optimizer, schedule, epochs, batches, seed and safeguards."""
+
+    loss: LossSpec = Field(default_factory=SoftmaxCrossEntropySpec, description="the loss (see below)")
+    optimizer: OptimizerSpec = Field(default_factory=AdamSpec, description="the optimizer and its learning rate")
+    schedule: ScheduleSpec = Field(default_factory=ConstantSpec, description="the learning-rate schedule")
+    epochs: PositiveInt = Field(10, description="passes over the training split")
+    batch_size: PositiveInt = Field(64, description=(
+        "samples per training step; the last batch of an epoch may be smaller"))
+    eval_batch_size: Optional[PositiveInt] = Field(None, description=(
+        "samples per step when evaluating the validation and test splits; null: `batch_size`"))
+    seed: NonNegativeInt = Field(0, description=(
+        "seeds the initial weights, the validation split, the batch order, augmentation and dropout"))
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"], description=(
+        "`accuracy` and `topK_accuracy` (e.g. `top5_accuracy`), computed for every split"))
+    clip_grad_norm: Optional[PositiveFloat] = Field(None, description=(
+        "scale the gradients down when their global L2 norm exceeds this; null: no clipping"))
+    early_stopping: Optional[EarlyStoppingSpec] = Field(None, description=(
+        "stop when a metric stops improving (see below); null: train every epoch"))
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description=(
+        "a step whose loss or gradients are not finite: `stop` ends the run with an error naming the step and "
+        "the first layer (or parameter gradient) that went non-finite; `skip` drops the step as if it never ran"))
+    log_every: PositiveInt = Field(50, description=(
+        "steps between updates of the loss and accuracy shown on the progress bar"))
 
     @field_validator("metrics")
     @classmethod
@@ -106,18 +124,19 @@ class TrainSpec(StrictModel):
 class OutputSpec(StrictModel):
     """``dir`` left out: ``<root>/<config name>-<timestamp>``; ``monitor``/``mode`` choose best.npz."""
 
-    dir: Optional[str] = None
-    root: str = "runs"
-    monitor: str = "val_accuracy"
-    mode: Literal["min", "max"] = "max"
-    plots: bool = True
+    dir: Optional[str] = Field(None, description="the run folder; null: `<root>/<name>-<timestamp>`")
+    root: str = Field("runs", description="where run folders go when `dir` is null")
+    monitor: str = Field("val_accuracy", description=(
+        "the metric that picks the epoch saved as `best.npz` (a column of `metrics.csv`, as for early stopping)"))
+    mode: Literal["min", "max"] = Field("max", description="`max`: higher `monitor` is better; `min`: lower")
+    plots: bool = Field(True, description="draw `curves.png` (loss and accuracy per epoch; needs matplotlib)")
 
 
 class Config(StrictModel):
     """A validated config file; ``source_path``, ``source_text``, ``overrides`` and ``raw`` say where it came from."""
 
-    name: Optional[str] = None
-    description: Optional[str] = None
+    name: Optional[str] = Field(None, description="names the run folder; null: the config file's name")
+    description: Optional[str] = Field(None, description="free text (kept in the run's config.yaml)")
     model: ModelSpec
     data: Optional[DataSpec] = None
     train: TrainSpec = Field(default_factory=TrainSpec)
