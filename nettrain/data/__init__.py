@@ -23,9 +23,8 @@ Names are imported from their modules on first use, so importing
 
 from __future__ import annotations
 
-import importlib
-
 from ..errors import DataError
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DAMAGED": "common",
@@ -73,14 +72,4 @@ _EXPORTS = {
 
 __all__ = ["DataError", *_EXPORTS]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nettrain.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
