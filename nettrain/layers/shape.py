@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import conlist
 
+from ..shapes import user_to_internal_shape
 from .base import Layer, LayerSpec, format_shape, register
 
 
@@ -53,9 +54,7 @@ class Reshape(Layer):
                 f"{format_shape(tuple(in_shape))} holds {size}",
                 in_shape,
             )
-        if len(target) == 3:  # H x W x C as written -> internal (C, H, W)
-            target = [target[2], target[0], target[1]]
-        return tuple(target)
+        return user_to_internal_shape(target)  # H x W x C as written -> internal (C, H, W)
 
     def forward(self, x, training=False):
         self._shape = x.shape
