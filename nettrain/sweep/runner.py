@@ -252,7 +252,8 @@ def _tuner(plan: SweepPlan, folder: SweepFolder, trainable):
                                     num_samples=spec.trials,
                                     # Tune applies this to a Searcher (Optuna) only; the generator has its own
                                     max_concurrent_trials=spec.concurrent if spec.search == "optuna" else None,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=folder.tune.name, storage_path=str(folder.path.resolve()), verbose=0,
                                   callbacks=[SweepCallback()], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=0)),

@@ -437,7 +437,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
         try:
             return load_config(base_shown, overrides)
         except ConfigError as e:
-            detail = _config_problem(e, overrides[-1], base_shown)
+            detail = _config_problem(e, overrides[-1], base_shown).removeprefix(f"{path[-1]}: ")
             problems.append(f"{spec.location(path)}: {what}{detail} (checked against {base_shown})")
             return None
 
@@ -448,9 +448,10 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     config = check(("overrides",), fixed)
     raise_problems(problems, spec.source_name)
     for key, domain in spec.space.items():
-        for value in domain.edge_values():
+        for value in domain.edge_values():  # the first value that does not fit says enough
             shown = yaml_value(value)
-            check(("space", key), fixed + [f"{key}={shown}"], f"{domain.kind} value {shown}: ")
+            if check(("space", key), fixed + [f"{key}={shown}"], f"{domain.kind} value {shown}: ") is None:
+                break
     raise_problems(problems, spec.source_name)
 
     metric = spec.metric or config.output.monitor
