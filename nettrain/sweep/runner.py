@@ -295,6 +295,13 @@ def ray_running(address: str | None, progress: SweepProgress, cpus_per_trial: in
         for name in QUIET_LOGGERS:  # trial errors come back as one line each, not Tune's tracebacks
             logging.getLogger(name).setLevel(logging.CRITICAL)
         yield
+    except ModuleNotFoundError as e:
+        if "nettrain" not in str(e):
+            raise
+        raise NettrainError(f"the Ray cluster cannot import nettrain ({e}); install nettrain with the sweep extra "
+                            "on every node") from None
+    except (ray.exceptions.RayError, tune.TuneError) as e:
+        raise NettrainError(f"Ray Tune stopped: {error_line(e)}") from None
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
