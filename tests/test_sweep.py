@@ -242,7 +242,7 @@ def test_grid_sweep_writes_the_files_and_best_yaml_trains(ray_local, tmp_path):
     best = load_config(folder / "best.yaml", [f"output.dir={tmp_path / 'best_run'}"])
     assert best.train.optimizer.lr == results["trials"][0]["params"]["train.optimizer.lr"]
     assert yaml.safe_load((folder / "best.yaml").read_text())["output"]["dir"] is None
-    assert train(best, handle_signals=False).epochs_done == 2
+    assert train(best).epochs_done == 2
     assert (folder / "tune" / "tuner.pkl").is_file()  # Tune's state in the sweep folder, not ~/ray_results
 
 

@@ -109,7 +109,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     try:
         config = load_config(setup.base, overrides)
         resume = run_dir if RunDir(run_dir).has_checkpoint() else None
-        train(config, resume=resume, reporter=TuneReporter(setup.metric, run_dir), handle_signals=False)
+        train(config, resume=resume, reporter=TuneReporter(setup.metric, run_dir))
     except ConfigError as e:
         raise TrialFailed("; ".join(e.problems).replace(setup.base, setup.base_shown)) from None
     except NettrainError as e:
