@@ -311,7 +311,7 @@ def sweep(
 
     try:
         outcome = run_or_exit(run)
-    except KeyboardInterrupt:  # a second Ctrl-C: Tune's state and the run folders are written atomically
+    except KeyboardInterrupt:  # a second Ctrl-C: run folders are written atomically; Tune keeps its last saved state
         folder = progress.folder or resume
         hint = f"; resume with: nettrain sweep --resume {folder}" if folder else ""
         typer.echo(f"aborted{hint}", err=True)
