@@ -35,8 +35,10 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
                       ValidationError, field_validator, model_validator)
 
-from ..config import Node, Where, format_path, load_config, node_at, parse_override, parse_yaml, suggest, \
-    to_plain, from_plain, where_text
+from ..config import load_config
+from ..config.messages import suggest
+from ..config.overrides import parse_override
+from ..config.yamltree import Node, Where, format_path, from_plain, node_at, parse_yaml, to_plain, where_text
 from ..errors import ConfigError
 
 MAX_SPEC_BYTES = 1024 * 1024
