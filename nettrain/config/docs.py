@@ -24,7 +24,7 @@ from ..data.spec import AugmentSpec, DataSpec, SyntheticSpec
 from ..initializers import DESCRIPTIONS as INITIALIZERS
 from ..runs import write_text_atomic
 from .reference import fields_markdown, fields_reference, layers_markdown
-from .schema import Config, EarlyStoppingSpec, ModelSpec, OutputSpec, TrainSpec
+from .schema import Config, DistributedSpec, EarlyStoppingSpec, ModelSpec, OutputSpec, TrainSpec
 
 DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "config.md"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w.]+) -->\n)(?P<body>.*?)(<!-- end of generated: (?P=name) -->)", re.S)
@@ -47,6 +47,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "model": lambda: key_table(ModelSpec),
     "train": lambda: key_table(TrainSpec),
     "train.early_stopping": lambda: key_table(EarlyStoppingSpec),
+    "train.distributed": lambda: key_table(DistributedSpec),
     "data": lambda: key_table(DataSpec),
     "data.augment": lambda: key_table(AugmentSpec),
     "data.synthetic": lambda: key_table(SyntheticSpec),

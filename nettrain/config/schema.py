@@ -87,6 +87,14 @@ class EarlyStoppingSpec(StrictModel):
         "an epoch improves only when it beats the best value so far by more than this"))
 
 
+class DistributedSpec(StrictModel):
+    """Data-parallel training over MPI (``mpiexec -n N nettrain train``); ignored by a single process."""
+
+    sync_batchnorm: bool = Field(True, description=(
+        "BatchNorm normalizes with the statistics of the whole global batch, summed over the ranks, so N ranks "
+        "train as one process would; `false`: each rank uses its own slice's statistics (as PyTorch DDP does)"))
+
+
 class TrainSpec(StrictModel):
     """How to train: loss, optimizer, schedule, epochs, batches, seed and safeguards."""
 
@@ -111,6 +119,8 @@ class TrainSpec(StrictModel):
         "the first layer (or parameter gradient) that went non-finite; `skip` drops the step as if it never ran"))
     log_every: PositiveInt = Field(50, description=(
         "steps between updates of the loss and accuracy shown on the progress bar"))
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description=(
+        "data-parallel training over MPI (see below); `train.batch_size` is the global batch"))
 
     @field_validator("metrics")
     @classmethod
