@@ -12,7 +12,15 @@ from .base import Layer, LayerSpec, register
 
 @register
 class Dropout(Layer):
-    """Masks come from the layer's own generator, seeded from ``seed`` or the model's seed."""
+    """Masks come from the layer's own generator, seeded from ``seed`` or the model's seed.
+
+    ``batch_slice``: ``(first row, rows of the whole batch)`` when the input is a slice
+    of a larger batch (data-parallel training sets it). The mask is then drawn for
+    the whole batch and this slice of it kept, so any number of processes draw the
+    masks, and advance the generator, as one process does.
+    """
+
+    batch_slice: tuple[int, int] | None = None
 
     class Spec(LayerSpec):
         type: Literal["dropout"] = "dropout"
@@ -28,7 +36,12 @@ class Dropout(Layer):
             self._mask = None
             return x
         keep = 1.0 - self.spec.rate
-        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype) / x.dtype.type(keep)
+        if self.batch_slice is None:
+            draws = self.rng.random(x.shape, dtype=np.float32)
+        else:
+            first, total = self.batch_slice
+            draws = self.rng.random((total, *x.shape[1:]), dtype=np.float32)[first:first + len(x)]
+        self._mask = (draws < keep).astype(x.dtype) / x.dtype.type(keep)
         return x * self._mask
 
     def backward(self, dy):

@@ -1,4 +1,10 @@
-"""BatchNorm: per channel for images (N, C, H, W), per feature for (N, F) and (N, T, F)."""
+"""BatchNorm: per channel for images (N, C, H, W), per feature for (N, F) and (N, T, F).
+
+Where the batch statistics come from is a hook, :class:`BatchStatistics`: this
+process's batch by default. Data-parallel training (:mod:`nettrain.distributed`)
+sets a layer's ``statistics`` to one that combines them, and the two sums the
+backward pass needs, across processes; this module never knows about processes.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,28 @@ from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
+class BatchStatistics:
+    """The batch statistics of this process's batch, as they are (one process).
+
+    ``shared`` is True for statistics that span more than this process's batch: the
+    backward pass then sums ``dy`` and ``dy * (x - mean)`` here and has them combined
+    by :meth:`combine_backward` before forming ``dx``.
+    """
+
+    shared = False
+
+    def combine(self, mean: np.ndarray, var: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The mean, biased variance and sample count to normalize with, from this batch's."""
+        return mean, var, count
+
+    def combine_backward(self, sum_dy: np.ndarray, sum_dy_xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature sums of ``dy`` and ``dy * (x - mean)`` over every sample the statistics cover."""
+        return sum_dy, sum_dy_xc
+
+
+LOCAL_STATISTICS = BatchStatistics()
+
+
 @register
 class BatchNorm(Layer):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta.
@@ -18,7 +46,10 @@ class BatchNorm(Layer):
     Training uses the batch statistics and updates the running ones with the
     Keras convention ``running = momentum * running + (1 - momentum) * batch``
     (running variance unbiased, as in PyTorch); evaluation uses the running ones.
+    ``statistics`` says where the batch statistics come from (see the module doc).
     """
+
+    statistics: BatchStatistics = LOCAL_STATISTICS
 
     class Spec(LayerSpec):
         type: Literal["batchnorm"] = "batchnorm"
@@ -48,7 +79,9 @@ class BatchNorm(Layer):
         ops = kernels.backend(x.dtype)
         if training:
             mean, var = ops.batchnorm_stats(x3)
-            self.update_running_stats(mean, var, x3.shape[0] * x3.shape[2])
+            mean, var, count = self.statistics.combine(mean, var, x3.shape[0] * x3.shape[2])
+            self._count = count
+            self.update_running_stats(mean, var, count)
         else:
             mean, var = self.buffers["running_mean"].astype(x.dtype), self.buffers["running_var"].astype(x.dtype)
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.spec.epsilon))
@@ -71,7 +104,9 @@ class BatchNorm(Layer):
         x3, mean, inv_std = self._x3, self._mean, self._inv_std
         dy3 = np.ascontiguousarray(self.as_mfp(dy))
         gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
-        if self._training:
+        if self._training and self.statistics.shared:
+            dx3, dgamma, dbeta = self.shared_backward(x3, dy3, mean, inv_std, gamma)
+        elif self._training:
             dx3, dgamma, dbeta = kernels.backend(dy.dtype).batchnorm_backward(x3, dy3, mean, inv_std, gamma)
         else:  # running statistics are constants
             dbeta = np.einsum("mfp->f", dy3)
@@ -82,3 +117,24 @@ class BatchNorm(Layer):
         if "gamma" in self.params:
             self.grads["gamma"][...] = dgamma
         return dx3.reshape(dy.shape)
+
+    def shared_backward(self, x3, dy3, mean, inv_std, gamma):
+        """The training-mode backward when the statistics cover samples of other processes too.
+
+        The kernel's backward uses this batch's sums of ``dy`` and ``dy * (x - mean)``
+        (its ``dbeta`` and ``dgamma / inv_std``); ``dx`` is then corrected to the sums over
+        all ``self._count`` samples, in one affine pass. ``dgamma`` and ``dbeta`` stay this
+        batch's share: the gradients are summed over the processes afterwards.
+        """
+        ops = kernels.backend(x3.dtype)
+        dx3, dgamma, dbeta = ops.batchnorm_backward(x3, dy3, mean, inv_std, gamma)
+        count = x3.shape[0] * x3.shape[2]
+        istd = inv_std.astype(np.float64)
+        sum_dy, sum_dy_xc = dbeta.astype(np.float64), dgamma.astype(np.float64) / istd
+        total_dy, total_dy_xc = self.statistics.combine_backward(sum_dy, sum_dy_xc)
+        # dx = a*dy + b*(x - mean) + c with b = -a*istd^2*mean(dy*xc) and c = -a*mean(dy), a = gamma*istd
+        a = gamma.astype(np.float64) * istd
+        db = -a * istd * istd * (total_dy_xc / self._count - sum_dy_xc / count)
+        dc = -a * (total_dy / self._count - sum_dy / count)
+        dx3 += ops.batchnorm_affine(x3, db.astype(x3.dtype), (dc - mean * db).astype(x3.dtype))
+        return dx3, dgamma, dbeta
