@@ -153,6 +153,8 @@ def benchmark(
     use_fast: bool | None = None,
     layer_steps: int | None = None,
     seed: int = 0,
+    make_step=TrainStep.from_spec,
+    forward_rows: slice = slice(None),
 ) -> dict[str, Any]:
     """Measure a config's model (see the module doc); returns a JSON-ready dict.
 
@@ -160,6 +162,10 @@ def benchmark(
     numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
     ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb`` and ``layers`` (rows of
     :meth:`LayerTimer.rows`).
+
+    ``make_step(model, train_spec)`` builds the step to time and ``forward_rows`` picks
+    the rows of the batch the forward pass sees: a data-parallel benchmark
+    (:mod:`nettrain.distributed.commands`) times its slice of the global batch.
     """
     from .builder import build_model
 
@@ -169,7 +175,7 @@ def benchmark(
     model = build_model(config, seed=seed)
     rng = np.random.default_rng(seed)
     x, y = random_batch(model, config.train.loss.type, batch_size, rng)
-    step = TrainStep.from_spec(model, config.train)
+    step = make_step(model, config.train)
 
     def train_step() -> None:
         try:
@@ -180,7 +186,7 @@ def benchmark(
 
     with kernel_path(use_fast) as path:
         train_times = _timed(train_step, warmup + steps)[warmup:]
-        forward = lambda: model.forward(x, training=False)  # noqa: E731
+        forward = lambda: model.forward(x[forward_rows], training=False)  # noqa: E731
         forward_times = _timed(forward, warmup + steps)[warmup:]
         layer_steps = layer_steps or min(steps, 5)
         timer = LayerTimer(model)

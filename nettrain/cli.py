@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .distributed.launch import is_parallel_launch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.")
 
@@ -238,6 +239,10 @@ def train(
     from .training import Trainer
 
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    if is_parallel_launch():  # one rank of several: mpiexec -n N nettrain train
+        from .distributed import commands
+
+        raise typer.Exit(commands.train(config, overrides, resume, quiet))
     try:
         cfg = load_config(config, overrides)
         reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)
@@ -324,7 +329,12 @@ def evaluate_command(
             raise _usage(f"--split must be test, val or train, got {split!r}")
         if format not in ("table", "json"):
             raise _usage(f"--format must be table or json, got {format!r}")
-        report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
+        if is_parallel_launch():
+            from .distributed import commands
+
+            report = _rank_zero_result(*commands.evaluate(checkpoint, split, list(set_ or [])))
+        else:
+            report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
         png = None
         try:
             png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
@@ -398,13 +408,27 @@ def bench(
         cfg = load_config(config, list(set_ or []))
         return benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast)
 
-    result = run_or_exit(run)
+    if is_parallel_launch():
+        from .distributed import commands
+
+        if format not in ("table", "json"):
+            _fail(_usage(f"--format must be table or json, got {format!r}"))
+        result = _rank_zero_result(*commands.bench(config, list(set_ or []), batch_size, steps, warmup, use_fast))
+    else:
+        result = run_or_exit(run)
     if format == "json":
         import json
 
         typer.echo(json.dumps(result, indent=2))
     else:
         _print_bench(result)
+
+
+def _rank_zero_result(code: int, result):
+    """What a command run on every rank hands back: rank 0 goes on with ``result``, other ranks exit."""
+    if result is None:
+        raise typer.Exit(code)
+    return result
 
 
 def _print_bench(result) -> None:
@@ -419,8 +443,13 @@ def _print_bench(result) -> None:
                       f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%")
     Console().print(table)
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
+    if result.get("peak_rss_mb_all_ranks") is not None:
+        rss += f" per rank at most, {result['peak_rss_mb_all_ranks']:.0f} MiB for all ranks"
+    threads = f"threads: {result['threads']}"
+    if "ranks" in result:
+        threads = f"{result['ranks']} ranks x {result['threads']} thread(s) ({result['threads_how']})"
     for line in (
-        f"kernels: {result['kernels']}, threads: {result['threads']} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
+        f"kernels: {result['kernels']}, {threads} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{result['steps']} timed steps after {result['warmup']} warm-up",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",

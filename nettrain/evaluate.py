@@ -107,12 +107,16 @@ def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, A
             for name, p, r, f, s in zip(classes, precision, recall, f1, actual)]
 
 
-def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256) -> dict[str, Any]:
-    """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``."""
+def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256,
+             loop_class=EvalLoop) -> dict[str, Any]:
+    """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``.
+
+    ``loop_class``: the :class:`EvalLoop` to run (a data-parallel one shards the split).
+    """
     if len(split) == 0:
         raise DataError("the split to evaluate is empty")
     k = max(len(classes), int(model.output_shape[-1]))
-    loop = EvalLoop(model, build_loss(loss_spec), batch_size, top_ks=(5,) if k > 5 else (), confusion_classes=k)
+    loop = loop_class(model, build_loss(loss_spec), batch_size, top_ks=(5,) if k > 5 else (), confusion_classes=k)
     sums = loop.run(split.x, split.y)
     cm = sums.confusion
     names = list(classes) + [str(i) for i in range(len(classes), k)]

@@ -210,8 +210,12 @@ class Trainer:
         early = self.early_stopping.state_dict() if self.early_stopping else {"es_best": None, "es_bad": 0}
         return {**self.best.state_dict(), **early, "skipped": self.skipped_steps}
 
+    def _load_last(self) -> Checkpoint:
+        """The checkpoint to resume from: the run folder's ``last.npz``."""
+        return load_checkpoint(self.run.last)
+
     def _restore(self) -> None:
-        ckpt = load_checkpoint(self.run.last)
+        ckpt = self._load_last()
         restore_model(ckpt, self.model)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)

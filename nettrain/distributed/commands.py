@@ -1,0 +1,261 @@
+"""``nettrain train``, ``bench`` and ``eval`` as one rank of a job that mpiexec started.
+
+The CLI hands a command here when :func:`~nettrain.distributed.launch.is_parallel_launch`
+says so. Each function returns the exit code; rank 0 prints, other ranks stay quiet.
+
+Faults. Until every rank has set up (config, data, model, run folder) a rank that
+fails takes part in the start-up agreement with its error, so every rank stops
+together and rank 0 prints one line naming the rank. Errors every rank meets alike
+later on (a non-finite loss, which all ranks see after the reduction) end every
+rank the same way. Any other error on one rank prints ``error: rank R of N: ...``
+and ends the whole job at once with ``MPI_Abort``, so no rank waits forever in
+a collective; a rank killed outright (SIGKILL, the OOM killer) is noticed by
+mpiexec, which ends the others and names the process in its own message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..console import ConsoleReporter
+from ..errors import NettrainError
+from ..training import Reporter
+from ..training.step import NonFiniteStep
+from .launch import default_threads, launched_rank
+from .step import DistributedTrainStep, share
+from .trainer import EveryRankError, agree
+
+# --------------------------------------------------------------------------- the job
+
+
+def connect():
+    """The world communicator, or None after rank 0 printed why there is none (no mpi4py)."""
+    from .comm import world
+
+    try:
+        return world()
+    except NettrainError as e:
+        if launched_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def configure_threads(comm) -> str:
+    """Set this rank's worker threads (NETTRAIN_THREADS) unless the user did; returns how they were chosen."""
+    from ..kernels.pool import available_cores
+
+    if os.environ.get("NETTRAIN_THREADS", "").strip():
+        return "NETTRAIN_THREADS"
+    cores, ranks_here = available_cores(), comm.ranks_on_host()
+    if cores < (os.cpu_count() or cores):  # mpiexec bound this rank to its own cores
+        threads, how = cores, f"the {cores} core(s) mpiexec bound this rank to"
+    else:
+        threads = default_threads(ranks_here, cores)
+        how = f"{cores} cores shared by {ranks_here} ranks on this host; set NETTRAIN_THREADS to change"
+    os.environ["NETTRAIN_THREADS"] = str(threads)
+    return how
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """One line and an exit code for an error."""
+    if isinstance(error, NettrainError):
+        return "; ".join(getattr(error, "problems", None) or [str(error)]), error.exit_code
+    if isinstance(error, MemoryError):
+        return "out of memory; lower train.batch_size, the layer sizes or data.subset", 2
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped by a second signal; checkpoints already written are intact", 130
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}", 1
+
+
+def set_up(comm, fn: Callable[[], Any]) -> Any:
+    """``fn()``; if it fails before the start-up agreement, this rank joins the agreement with its error."""
+    try:
+        return fn()
+    except EveryRankError:
+        raise
+    except Exception as e:
+        if comm.agreed:
+            raise
+        agree(comm, None, describe(e))
+        raise  # agree raised already; for type checkers
+
+
+def on_every_rank(comm, body: Callable[[], int]) -> int:
+    """Run ``body`` on this rank; see the module doc for what each kind of failure does."""
+    try:
+        return body()
+    except SystemExit:
+        raise
+    except EveryRankError as e:
+        if comm.is_root:
+            for line in e.problems:
+                print(f"error: {line}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except BaseException as e:  # noqa: B036 - KeyboardInterrupt too: the other ranks must not wait
+        message, code = describe(e)
+        print(f"error: rank {comm.rank} of {comm.size}: {message}", file=sys.stderr, flush=True)
+        comm.abort(code)
+        return code
+
+
+# --------------------------------------------------------------------------- train
+
+class RanksConsoleReporter(ConsoleReporter):
+    """The console reporter of rank 0, whose header also says how the job is spread."""
+
+    def __init__(self, threads_how: str, **kwargs):
+        super().__init__(**kwargs)
+        self.threads_how = threads_how
+
+    def train_start(self, info: dict[str, Any]) -> None:
+        super().train_start(info)
+        ranks, threads, batch = info["ranks"], info["threads"], info["batch_size"]
+        statistics = "over the global batch" if info["sync_batchnorm"] else "per rank (sync_batchnorm: false)"
+        self.console.print(f"{ranks} ranks x {threads} thread{'s' if threads > 1 else ''} each ({self.threads_how}); "
+                           f"global batch {batch}, about {batch / ranks:.3g} per rank; "
+                           f"BatchNorm statistics {statistics}")
+
+
+def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) -> int:
+    """``nettrain train`` on every rank: one run, rank 0 writing it."""
+    comm = connect()
+    if comm is None:
+        return 2
+    threads_how = configure_threads(comm)
+
+    def body() -> int:
+        def setup():
+            from ..config import load_config
+            from .trainer import DistributedTrainer
+
+            cfg = load_config(config, overrides)
+            reporter = (RanksConsoleReporter(threads_how, quiet=quiet, log_every=cfg.train.log_every)
+                        if comm.is_root else Reporter())
+            return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter)
+
+        trainer = set_up(comm, setup)
+        result = trainer.fit()
+        if comm.is_root:
+            out = trainer.reporter.console
+            if result.best_value is not None:
+                out.print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}")
+            if result.stopped == "interrupted":
+                epoch, batch = result.cursor
+                at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
+                print(f"interrupted at {at}; saved {result.run_dir / 'checkpoints' / 'last.npz'}", file=sys.stderr)
+                print(f"resume with: mpiexec -n {comm.size} nettrain train {config} --resume {result.run_dir}",
+                      file=sys.stderr, flush=True)
+            else:
+                out.print(f"run folder: {result.run_dir}")
+        return result.exit_code
+
+    return on_every_rank(comm, body)
+
+
+# --------------------------------------------------------------------------- bench
+
+class BenchStep(DistributedTrainStep):
+    """The distributed step as ``nettrain bench`` times it: a non-finite step ends every rank alike."""
+
+    def __call__(self, x, y):
+        try:
+            return super().__call__(x, y)
+        except NonFiniteStep as e:
+            raise EveryRankError(f"the training step went non-finite on random inputs ({e}); "
+                                 "lower train.optimizer.lr or set train.clip_grad_norm") from None
+
+
+def bench(config: Path, overrides: list[str], batch_size: int, steps: int, warmup: int,
+          use_fast: bool | None) -> tuple[int, dict[str, Any] | None]:
+    """``nettrain bench`` on every rank: the global batch split over the ranks; rank 0 gets the result."""
+    comm = connect()
+    if comm is None:
+        return 2, None
+    threads_how = configure_threads(comm)
+    outcome: dict[str, Any] = {}
+
+    def body() -> int:
+        from ..bench import benchmark
+        from ..checkpoint import config_hash
+        from ..kernels import compiled_available
+
+        def setup():
+            from .. import __version__
+            from ..config import load_config
+
+            cfg = load_config(config, overrides)
+            if use_fast and not compiled_available():
+                raise NettrainError("--fast needs numba; install it with: pip install 'nettrain[fast]'")
+            agree(comm, {"version": __version__, "config": config_hash(cfg.to_yaml())})
+            return cfg
+
+        cfg = set_up(comm, setup)
+        result = benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast,
+                           make_step=partial(BenchStep.from_spec, comm=comm),
+                           forward_rows=slice(*share(batch_size, comm.rank, comm.size)))
+        slowest = comm.allreduce_max(np.array([result["train_step_ms"], result["forward_ms"]], np.float64))
+        memory = comm.allgather(result["peak_rss_mb"])
+        result.update({
+            "ranks": comm.size,
+            "threads_how": threads_how,
+            "train_step_ms": float(slowest[0]),
+            "train_img_per_s": batch_size / (slowest[0] / 1e3),
+            "forward_ms": float(slowest[1]),
+            "forward_img_per_s": batch_size / (slowest[1] / 1e3),
+            "peak_rss_mb": None if None in memory else max(memory),
+            "peak_rss_mb_all_ranks": None if None in memory else sum(memory),
+        })
+        outcome["result"] = result
+        return 0
+
+    code = on_every_rank(comm, body)
+    return code, outcome.get("result") if comm.is_root else None
+
+
+# --------------------------------------------------------------------------- eval
+
+def evaluate(checkpoint: Path, split: str, overrides: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """``nettrain eval`` on every rank: each evaluates its rows of the split; rank 0 gets the report."""
+    comm = connect()
+    if comm is None:
+        return 2, None
+    configure_threads(comm)
+    outcome: dict[str, Any] = {}
+
+    def body() -> int:
+        from .. import __version__
+        from ..checkpoint import config_hash
+        from ..evaluate import evaluate as evaluate_model, load_split, load_trained
+        from .evaluation import DistributedEvalLoop
+        from .trainer import hash_split
+
+        def setup():
+            trained = load_trained(checkpoint, overrides)
+            data = load_split(trained, split)
+            digest = hashlib.sha256()
+            hash_split(digest, data)
+            agree(comm, {"version": __version__, "config": config_hash(trained.checkpoint.config_text),
+                         "data": digest.hexdigest()})
+            return trained, data
+
+        trained, data = set_up(comm, setup)
+        config = trained.config
+        batch_size = int(getattr(config.train, "eval_batch_size", None) or config.train.batch_size)
+        report = evaluate_model(trained.model, data, trained.classes, config.train.loss, batch_size,
+                                loop_class=partial(DistributedEvalLoop, comm=comm))
+        outcome["report"] = {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch,
+                             **report}
+        return 0
+
+    code = on_every_rank(comm, body)
+    return code, outcome.get("report") if comm.is_root else None
