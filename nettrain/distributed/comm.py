@@ -10,7 +10,6 @@ same code on threads with a stand-in of the same methods.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Any
 
@@ -87,7 +86,3 @@ def world() -> Communicator:
     """All the processes mpiexec started (MPI_COMM_WORLD); imports mpi4py."""
     MPI = require_mpi4py()
     return Communicator(MPI.COMM_WORLD, MPI)
-
-
-def host_name() -> str:
-    return socket.gethostname()

@@ -30,7 +30,7 @@ from ..errors import NettrainError
 from ..training import Reporter
 from ..training.step import NonFiniteStep
 from .launch import default_threads, launched_rank
-from .step import DistributedTrainStep, share
+from .step import CollectiveStop, DistributedTrainStep, share
 from .trainer import EveryRankError, agree
 
 # --------------------------------------------------------------------------- the job
@@ -124,6 +124,19 @@ class RanksConsoleReporter(ConsoleReporter):
         self.console.print(f"{ranks} ranks x {threads} thread{'s' if threads > 1 else ''} each ({self.threads_how}); "
                            f"global batch {batch}, about {batch / ranks:.3g} per rank; "
                            f"BatchNorm statistics {statistics}")
+        self.console.print(f"process ids: {process_list(info['processes'])}")
+
+
+def process_list(processes: list[tuple[str, int]]) -> str:
+    """``ranks 0-1 on vm: 101 102; ranks 2-3 on node2: 201 202`` (runs of consecutive ranks on one host)."""
+    runs: list[tuple[str, int, list[str]]] = []
+    for rank, (host, pid) in enumerate(processes):
+        if runs and runs[-1][0] == host:
+            runs[-1][2].append(str(pid))
+        else:
+            runs.append((host, rank, [str(pid)]))
+    return "; ".join(f"rank{'s' if len(pids) > 1 else ''} {first}{f'-{first + len(pids) - 1}' if len(pids) > 1 else ''} "
+                     f"on {host}: {' '.join(pids)}" for host, first, pids in runs)
 
 
 def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) -> int:
@@ -132,6 +145,7 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
     if comm is None:
         return 2
     threads_how = configure_threads(comm)
+    stop = CollectiveStop()
 
     def body() -> int:
         def setup():
@@ -141,10 +155,11 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
             cfg = load_config(config, overrides)
             reporter = (RanksConsoleReporter(threads_how, quiet=quiet, log_every=cfg.train.log_every)
                         if comm.is_root else Reporter())
-            return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter)
+            return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter, stop=stop)
 
-        trainer = set_up(comm, setup)
-        result = trainer.fit()
+        with stop.handling_signals():  # from the start: a signal during set-up stops after the first step
+            trainer = set_up(comm, setup)
+            result = trainer.fit(handle_signals=False)
         if comm.is_root:
             out = trainer.reporter.console
             if result.best_value is not None:

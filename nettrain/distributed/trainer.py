@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import zlib
 from functools import partial
 from typing import Any
@@ -83,11 +85,13 @@ FINGERPRINT_ADVICE = {
 }
 
 
-def agree(comm, fingerprint: dict[str, str] | None, error: tuple[str, int] | None = None) -> None:
+def agree(comm, fingerprint: dict[str, Any] | None, error: tuple[str, int] | None = None) -> list[dict[str, Any]]:
     """Every rank says whether it set up (with ``fingerprint``) or failed (``error``: message, exit code).
 
-    Returns on every rank when all set up alike; else raises :class:`EveryRankError`
-    on every rank, naming the first rank that failed or differs from rank 0.
+    Returns every rank's fingerprint, in rank order, when all set up alike (the keys
+    of :data:`FINGERPRINT_ADVICE` must equal rank 0's; others, like the host and
+    process id, may differ); else raises :class:`EveryRankError` on every rank,
+    naming the first rank that failed or differs from rank 0.
     """
     entries = comm.allgather(("error", *error) if error else ("ok", fingerprint))
     failed = [(rank, e) for rank, e in enumerate(entries) if e[0] == "error"]
@@ -103,6 +107,12 @@ def agree(comm, fingerprint: dict[str, str] | None, error: tuple[str, int] | Non
                 raise EveryRankError(f"rank {rank} of {comm.size} has another {key} than rank 0 "
                                      f"({theirs.get(key, '?')[:12]} vs {reference.get(key, '?')[:12]}); {advice}")
     comm.agreed = True
+    return [e[1] for e in entries]
+
+
+def process_fingerprint() -> dict[str, Any]:
+    """Where this rank runs, for the run header: mpiexec names a rank that died by its host and process id."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -132,11 +142,17 @@ class QuietRecorder(RunRecorder):
 # --------------------------------------------------------------------------- the trainer
 
 class DistributedTrainer(Trainer):
-    """:class:`Trainer` as one rank of ``comm``; see the module doc. ``reporter`` is rank 0's."""
+    """:class:`Trainer` as one rank of ``comm``; see the module doc. ``reporter`` is rank 0's.
 
-    def __init__(self, config, *, comm, resume=None, reporter=None, data=None, model=None):
+    ``stop``: the :class:`CollectiveStop` whose signal handlers the caller installed
+    already (so that a signal during the set-up is not lost); None: a new one, whose
+    handlers :meth:`fit` installs.
+    """
+
+    def __init__(self, config, *, comm, resume=None, reporter=None, data=None, model=None,
+                 stop: CollectiveStop | None = None):
         self.comm = comm
-        self._collective_stop = CollectiveStop()
+        self._collective_stop = stop or CollectiveStop()
         distributed = getattr(config.train, "distributed", None)
         self.sync_batchnorm = bool(getattr(distributed, "sync_batchnorm", True))
         self.step_class = partial(DistributedTrainStep, comm=comm, sync_batchnorm=self.sync_batchnorm,
@@ -147,11 +163,12 @@ class DistributedTrainer(Trainer):
         self.stop = self._collective_stop
 
     # -- start --------------------------------------------------------------------
-    def fingerprint(self) -> dict[str, str]:
-        return {"version": __version__, "config": config_hash(self.config_text), "data": data_fingerprint(self.data)}
+    def fingerprint(self) -> dict[str, Any]:
+        return {"version": __version__, "config": config_hash(self.config_text), "data": data_fingerprint(self.data),
+                **process_fingerprint()}
 
     def _open_run(self, resume) -> None:
-        agree(self.comm, self.fingerprint())
+        self.processes = [(f["host"], f["pid"]) for f in agree(self.comm, self.fingerprint())]
         if self.comm.is_root:
             try:
                 super()._open_run(resume)
@@ -183,7 +200,7 @@ class DistributedTrainer(Trainer):
 
     def _start_info(self) -> dict[str, Any]:
         return {**super()._start_info(), "ranks": self.comm.size, "threads": chunk_workers(),
-                "batch_size": self.batch_size, "sync_batchnorm": self.sync_batchnorm}
+                "batch_size": self.batch_size, "sync_batchnorm": self.sync_batchnorm, "processes": self.processes}
 
     # -- errors every rank meets alike ------------------------------------------------
     def _bad_step(self, bad) -> None:
