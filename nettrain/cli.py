@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .distributed.launch import is_parallel_launch
+from .distributed.launch import is_parallel_launch, launched_rank
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.")
 
@@ -53,6 +53,8 @@ def data_download(
 
 def _print_problems(e) -> None:
     """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
+    if launched_rank() != 0:  # under mpiexec every rank meets the same error: rank 0 alone says it
+        return
     for line in getattr(e, "problems", None) or [str(e)]:
         typer.echo(f"error: {line}", err=True)
 
@@ -405,17 +407,14 @@ def bench(
     def run():
         if format not in ("table", "json"):
             raise _usage(f"--format must be table or json, got {format!r}")
+        if is_parallel_launch():  # mpiexec -n N nettrain bench: the global batch split over the ranks
+            from .distributed import commands
+
+            return _rank_zero_result(*commands.bench(config, list(set_ or []), batch_size, steps, warmup, use_fast))
         cfg = load_config(config, list(set_ or []))
         return benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast)
 
-    if is_parallel_launch():
-        from .distributed import commands
-
-        if format not in ("table", "json"):
-            _fail(_usage(f"--format must be table or json, got {format!r}"))
-        result = _rank_zero_result(*commands.bench(config, list(set_ or []), batch_size, steps, warmup, use_fast))
-    else:
-        result = run_or_exit(run)
+    result = run_or_exit(run)
     if format == "json":
         import json
 
@@ -445,11 +444,9 @@ def _print_bench(result) -> None:
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
     if result.get("peak_rss_mb_all_ranks") is not None:
         rss += f" per rank at most, {result['peak_rss_mb_all_ranks']:.0f} MiB for all ranks"
-    threads = f"threads: {result['threads']}"
-    if "ranks" in result:
-        threads = f"{result['ranks']} ranks x {result['threads']} thread(s) ({result['threads_how']})"
+    layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
     for line in (
-        f"kernels: {result['kernels']}, {threads} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
+        f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{result['steps']} timed steps after {result['warmup']} warm-up",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",

@@ -144,6 +144,25 @@ def test_without_synced_batchnorm_ranks_differ_from_one_process_but_agree_with_e
     assert max(differences) > 1e-3  # per-rank statistics: another computation than one process's
 
 
+def test_eval_shards_the_split_and_reports_what_one_process_reports(one_process):
+    one = run([*NETTRAIN, "eval", str(one_process), "--format", "json"])
+    two = run(mpiexec_argv(2, ["eval", str(one_process), "--format", "json"]))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    mine, theirs = json.loads(two.stdout), json.loads(one.stdout)  # rank 0 printed the report, once
+    assert mine["samples"] == theirs["samples"] and mine["confusion_matrix"] == theirs["confusion_matrix"]
+    assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
+
+
+def test_bench_reports_the_global_throughput_of_the_ranks():
+    done = run(mpiexec_argv(2, ["bench", "configs/quickstart.yaml", "--batch-size", "16", "--steps", "2",
+                                "--warmup", "1", "--format", "json"]))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["ranks"] == 2 and result["threads"] == 1 and result["batch_size"] == 16
+    assert result["train_img_per_s"] == pytest.approx(16 / (result["train_step_ms"] / 1e3))
+    assert result["peak_rss_mb_all_ranks"] >= result["peak_rss_mb"] > 0
+
+
 # --------------------------------------------------------------------------- faults
 
 def start(argv: list[str]) -> subprocess.Popen:

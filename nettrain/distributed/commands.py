@@ -222,7 +222,7 @@ def bench(config: Path, overrides: list[str], batch_size: int, steps: int, warmu
         memory = comm.allgather(result["peak_rss_mb"])
         result.update({
             "ranks": comm.size,
-            "threads_how": threads_how,
+            "layout": f"{comm.size} ranks x {result['threads']} thread(s) each ({threads_how})",
             "train_step_ms": float(slowest[0]),
             "train_img_per_s": batch_size / (slowest[0] / 1e3),
             "forward_ms": float(slowest[1]),
