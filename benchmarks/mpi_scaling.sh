@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Data-parallel scaling, side by side: `nettrain bench` of one config at one global batch as
+#   p1t1      1 process x 1 thread
+#   r2t1      2 ranks x 1 thread (mpiexec -n 2)
+#   p1t2      1 process x 2 threads
+#   r2nosync  2 ranks x 1 thread, train.distributed.sync_batchnorm=false
+# interleaved round by round, so that a busy machine disturbs every mode alike.
+# Prints one line per run: round, mode, training img/s, forward img/s, 1-minute load average.
+#   bash benchmarks/mpi_scaling.sh [rounds=6] [config=configs/fashion_cnn.yaml] [batch=128]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-6}; config=${2:-configs/fashion_cnn.yaml}; batch=${3:-128}
+bench=(bench "$config" --batch-size "$batch" --steps 20 --warmup 3 --format json)
+for round in $(seq 1 "$rounds"); do
+  for mode in p1t1 r2t1 p1t2 r2nosync; do
+    case $mode in
+      p1t1) out=$(nettrain "${bench[@]}" --threads 1) ;;
+      r2t1) out=$(NETTRAIN_THREADS=1 mpiexec -n 2 nettrain "${bench[@]}") ;;
+      p1t2) out=$(nettrain "${bench[@]}" --threads 2) ;;
+      r2nosync) out=$(NETTRAIN_THREADS=1 mpiexec -n 2 nettrain "${bench[@]}" --set train.distributed.sync_batchnorm=false) ;;
+    esac
+    echo "$out" | python -c "import json, sys; r = json.load(sys.stdin); \
+print('$round $mode', round(r['train_img_per_s'], 1), round(r['forward_img_per_s'], 1), open('/proc/loadavg').read().split()[0])"
+  done
+done
