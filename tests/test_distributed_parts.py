@@ -380,3 +380,55 @@ def test_one_process_never_imports_mpi4py(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(config)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "NETTRAIN_THREADS": "1"})
     assert done.stdout.strip().endswith("ok"), done.stderr
+
+
+def test_a_run_stopped_and_resumed_on_the_same_rank_count_ends_bit_for_bit_as_one_never_stopped(tmp_path):
+    from tinyrun import StopAfter
+
+    whole = tiny_config(tmp_path, "whole", epochs=2)
+    stopped = tiny_config(tmp_path, "stopped", epochs=2)
+
+    def rank(comm):
+        uninterrupted = DistributedTrainer(whole, comm=comm, reporter=Reporter())
+        uninterrupted.fit(handle_signals=False)
+        reporter = StopAfter(1, 3) if comm.is_root else Reporter()
+        first = DistributedTrainer(stopped, comm=comm, reporter=reporter)
+        reporter.trainer = first
+        result = first.fit(handle_signals=False)
+        resumed = DistributedTrainer(stopped, comm=comm, resume=tmp_path / "stopped", reporter=Reporter())
+        resumed.fit(handle_signals=False)
+        return result, uninterrupted.model.parameters(), resumed.model.parameters()
+
+    for result, expected, params in run_ranks(2, rank):
+        assert result.stopped == "interrupted" and result.cursor == (0, 4)  # every rank after the same step
+        for name, value in expected.items():
+            assert np.array_equal(value, params[name]), name
+
+
+def test_a_nonfinite_loss_on_one_rank_stops_or_skips_on_every_rank_alike(tmp_path):
+    config = tiny_config(tmp_path, "stop", augment=False)
+    data = load_data(config.data, (1, 8, 8), seed=0)
+    data.train.x[5, 0, 0, 0] = np.nan  # in one rank's slice of one batch
+
+    def rank(comm):
+        with pytest.raises(EveryRankError) as error:
+            DistributedTrainer(config, comm=comm, reporter=Reporter(), data=data).fit(handle_signals=False)
+        return str(error.value), error.value.exit_code
+
+    messages = run_ranks(2, rank)
+    assert messages[0] == messages[1] and messages[0][1] == 2
+    assert messages[0][0].startswith("non-finite loss") and "the input batch itself holds NaN" in messages[0][0]
+    assert "slice of the batch" in messages[0][0]
+    skip = tiny_config(tmp_path, "skip", augment=False, on_nonfinite="skip")
+    single = Trainer(tiny_config(tmp_path, "single", augment=False, on_nonfinite="skip"), data=data,
+                     reporter=Reporter())
+    single.fit(handle_signals=False)
+
+    def skipping(comm):
+        trainer = DistributedTrainer(skip, comm=comm, reporter=Reporter(), data=data)
+        return trainer.fit(handle_signals=False).skipped_steps, trainer.model.parameters()
+
+    for skipped, params in run_ranks(2, skipping):
+        assert skipped == 2
+        for name, value in single.model.parameters().items():
+            assert relative(value, params[name]) < 1e-5, name

@@ -31,7 +31,7 @@ import signal
 
 import numpy as np
 
-from ..layers.norm import BatchNorm, BatchStatistics
+from ..layers.norm import LOCAL_STATISTICS, BatchNorm, BatchStatistics
 from ..training.signals import StopRequest
 from ..training.step import BatchSums, TrainStep
 
@@ -122,10 +122,9 @@ class DistributedTrainStep(TrainStep):
         layers = [layer for _, layer in model.named_layers()]
         self.sliced_layers = [layer for layer in layers if hasattr(layer, "batch_slice")]
         self.statistics = SyncStatistics(comm)
-        norms = [layer for layer in layers if isinstance(layer, BatchNorm)]
-        if sync_batchnorm:
-            for layer in norms:
-                layer.statistics = self.statistics
+        self.norms = [layer for layer in layers if isinstance(layer, BatchNorm)] if sync_batchnorm else []
+        for layer in self.norms:
+            layer.statistics = self.statistics
         # without synced statistics each rank's running statistics drift apart: average them every step
         self.averaged = {} if sync_batchnorm else model.buffers()
         self.present = True
@@ -155,6 +154,24 @@ class DistributedTrainStep(TrainStep):
         self.statistics.present = self.present
         self.loss_fn.scale = self.weight
         return super().__call__(x[start:stop], y[start:stop])
+
+    def locate_nonfinite_output(self, x: np.ndarray, snapshot) -> str:
+        """Where the bad step first went non-finite: each rank reruns its slice alone, the lowest rank that
+        finds the cause names it (every rank gets the same answer)."""
+        where = None
+        if self.present:
+            for layer in self.norms:  # this rank's statistics only: no collective, and the slice's own culprit
+                layer.statistics = LOCAL_STATISTICS
+            try:
+                where = super().locate_nonfinite_output(x, snapshot)
+            finally:
+                for layer in self.norms:
+                    layer.statistics = self.statistics
+        found = self.comm.allgather(where)
+        for rank, cause in enumerate(found):
+            if cause is not None and not cause.startswith("every layer output is finite"):
+                return f"{cause} (in rank {rank}'s slice of the batch)"
+        return next(cause for cause in found if cause is not None)
 
     # -- the hooks ------------------------------------------------------------------
     def reduce_sums(self, sums: BatchSums) -> BatchSums:
