@@ -1,6 +1,6 @@
 """nettrain and PyTorch agree on the same networks with copied weights: outputs, gradients, BN statistics.
 
-The PyTorch twin is built by ``benchmarks/compare_torch.py``, so these tests
+The PyTorch twin is built by ``nettrain.export.torch_layout`` (through ``benchmarks/compare_torch.py``), so these tests
 also check the translation that the speed comparison relies on.
 """
 
