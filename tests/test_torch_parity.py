@@ -175,3 +175,28 @@ def test_optimizer_steps_match_torch(tmp_path):
         if name in params:
             got = params[name].T if how == "T" else params[name]
             np.testing.assert_allclose(got, tensor.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("text", [RESNET_AND_STACK, ALEXNET_LIKE, *(RECURRENT.replace("KIND", k) for k in
+                                                                     ("lstm", "gru", "simple_rnn"))],
+                         ids=["resnet_stack", "alexnet_like", "lstm", "gru", "simple_rnn"])
+def test_exported_torch_layout_loads_strictly_into_the_twin(tmp_path, text):
+    pytest.importorskip("safetensors", reason="the onnx extra is not installed (pip install 'nettrain[onnx]')")
+    from safetensors.torch import load_file
+
+    from nettrain.checkpoint import Checkpoint, architecture_signature, save_checkpoint
+    from nettrain.export import export
+    from nettrain.export.torch_layout import torch_twin
+
+    model, net = build_pair(tmp_path, text)
+    one_training_step(model, net, batch=4, seed=4)  # BatchNorm statistics and weights away from their defaults
+    save_checkpoint(tmp_path / "net.npz", Checkpoint(model.parameters(), model.buffers(), config_text=(
+        tmp_path / "net.yaml").read_text(), architecture=architecture_signature(model)))
+    export(tmp_path / "net.npz", tmp_path / "net.safetensors", layout="torch")
+    twin = torch_twin(model)
+    twin.load_state_dict(load_file(str(tmp_path / "net.safetensors")), strict=True)
+    twin.eval()
+    x = np.random.default_rng(6).standard_normal((3, *model.input_shape)).astype(np.float32)
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, model.forward(x, training=False), rtol=1e-4, atol=1e-5)

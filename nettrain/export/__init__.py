@@ -89,6 +89,8 @@ def export(source: str | Path, output: str | Path, format: str | None = None, *,
     from .source import load_source
 
     output = Path(output)
+    if output.is_dir():
+        raise ExportError(f"{output}: is a folder; give a file name with -o, e.g. -o {output / 'model.onnx'}")
     format = format_of(output, format)
     if layout not in LAYOUTS:
         raise ExportError(f"--layout must be nettrain or torch, got {layout!r}")
@@ -97,8 +99,6 @@ def export(source: str | Path, output: str | Path, format: str | None = None, *,
     if format == "safetensors" and include_normalization:
         raise ExportError("--include-normalization applies to --format onnx; "
                           "a safetensors file always carries the normalisation in its metadata")
-    if output.is_dir():
-        raise ExportError(f"{output}: is a folder; give a file name with -o, e.g. -o {output / ('model.' + format)}")
     src = load_source(source, checkpoint)
     if format == "onnx":
         from .onnx_graph import check_onnx, onnx_bytes
