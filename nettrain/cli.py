@@ -248,6 +248,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard logs into RUN/tensorboard/"),
 ) -> None:
     """Train a config; write a run folder with checkpoints and metrics."""
     from .config import load_config
@@ -256,6 +257,7 @@ def train(
     from .training import Trainer
 
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    overrides += ["output.tensorboard=true"] if tensorboard else []
     try:
         cfg = load_config(config, overrides)
         reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)

@@ -141,6 +141,8 @@ class OutputSpec(StrictModel):
     monitor: str = "val_accuracy"
     mode: Literal["min", "max"] = "max"
     plots: bool = True
+    tensorboard: bool = False  # event files in RUN/tensorboard/ (nettrain.tensorboard_log)
+    histograms_every: Optional[PositiveInt] = None  # epochs between weight/gradient histograms; None: never
 
 
 class Config(StrictModel):

@@ -226,6 +226,10 @@ class Trainer:
         if len(self.rows) < self.epoch:
             self.reporter.note(f"{self.run.metrics_jsonl} holds {len(self.rows)} rows for {self.epoch} finished "
                                "epochs; the missing rows cannot be recovered")
+        if getattr(config.output, "tensorboard", False):  # event files in RUN/tensorboard/
+            from .tensorboard_log import with_tensorboard
+
+            self.reporter = with_tensorboard(self.reporter, self)
 
     # -- setup ----------------------------------------------------------------
     def _check_outputs_fit_classes(self) -> None:

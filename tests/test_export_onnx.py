@@ -319,3 +319,26 @@ def test_missing_extra_is_one_line(tiny_run, tmp_path, monkeypatch):
     result = runner.invoke(app, ["export", str(tiny_run.run_dir), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
     assert result.output.strip() == "error: ONNX export needs the 'onnx' package: pip install 'nettrain[onnx]'"
+
+
+@pytest.mark.slow
+def test_quickstart_accuracy_in_onnx_runtime_equals_eval(tmp_path):
+    """A briefly trained quickstart, exported with its normalisation, classifies the shipped test subset
+    in ONNX Runtime (from the raw uint8 pixels) exactly as `nettrain eval` does."""
+    from nettrain.config import load_config
+    from nettrain.data import read_idx_split
+
+    config = load_config(ROOT / "configs" / "quickstart.yaml",
+                         ["data.subset=600", "train.epochs=1", f"output.dir={tmp_path / 'run'}", "output.plots=false"])
+    run = Trainer(config).fit()
+    out = tmp_path / "quickstart.onnx"
+    export(run.run_dir, out, include_normalization=True)
+    report = runner.invoke(app, ["eval", str(run.run_dir), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    accuracy = json.loads(report.stdout)["accuracy"]
+    pixels, labels = read_idx_split(ROOT / "data" / "fashion-mnist-subset", "test")
+    session = onnx_session(out.read_bytes())
+    logits = np.concatenate([session.run(None, {"pixels": pixels[i:i + 500]})[0] for i in range(0, len(pixels), 500)])
+    assert len(logits) == 2000
+    assert float(np.mean(logits.argmax(axis=1) == labels)) == accuracy
+    assert accuracy > 0.3  # it learned something, so agreement is not trivial
