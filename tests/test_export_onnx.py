@@ -342,3 +342,11 @@ def test_quickstart_accuracy_in_onnx_runtime_equals_eval(tmp_path):
     assert len(logits) == 2000
     assert float(np.mean(logits.argmax(axis=1) == labels)) == accuracy
     assert accuracy > 0.3  # it learned something, so agreement is not trivial
+
+
+def test_layers_named_like_the_graph_input():
+    src = source_of("names", [6], [{"type": "dense", "units": 4, "name": "input"},
+                                    {"type": "dense", "units": 2, "name": "normalization"}])
+    assert_runtime_agrees(src)
+    src.mean, src.std = np.array([0.5], np.float32), np.array([2.0], np.float32)
+    assert_runtime_agrees(src, include_normalization=True)

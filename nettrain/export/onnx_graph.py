@@ -33,12 +33,11 @@ def onnx_model(src: ExportSource, include_normalization: bool = False):
 
     model = src.model
     g = Graph()
+    x = g.unique("pixels" if include_normalization else "input")  # taken first: a layer may have the same name
+    input_type = TensorProto.UINT8 if include_normalization else TensorProto.FLOAT
+    input_info = helper.make_tensor_value_info(x, input_type, [BATCH, *model.input_shape])
     if include_normalization:
-        input_info = helper.make_tensor_value_info("pixels", TensorProto.UINT8, [BATCH, *model.input_shape])
-        x = normalization(g, src, "pixels")
-    else:
-        input_info = helper.make_tensor_value_info("input", TensorProto.FLOAT, [BATCH, *model.input_shape])
-        x = "input"
+        x = normalization(g, src, x)
     for layer in model.layers:
         x = convert_layer(g, layer, layer.name, x)
     output_info = helper.make_tensor_value_info(x, TensorProto.FLOAT, [BATCH, *model.output_shape])

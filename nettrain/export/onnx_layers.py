@@ -39,13 +39,12 @@ def dense(g: Graph, layer, path: str, x: str) -> str:
     kind = layer.spec.activation
     kernel = g.param(path, "kernel", layer.params["kernel"])
     bias = g.param(path, "bias", layer.params["bias"]) if "bias" in layer.params else None
-    out = pre_activation_name(path, "Gemm", kind)
     if len(layer.in_shape) == 1:
-        y = g.op("Gemm", [x, kernel] + ([bias] if bias else []), out, transB=0)
+        y = g.op("Gemm", [x, kernel] + ([bias] if bias else []), pre_activation_name(path, "Gemm", kind), transB=0)
     elif bias is None:
-        y = g.op("MatMul", [x, kernel], out)
+        y = g.op("MatMul", [x, kernel], pre_activation_name(path, "MatMul", kind))
     else:
-        y = g.op("Add", [g.op("MatMul", [x, kernel], f"{path}/MatMul"), bias], out)
+        y = g.op("Add", [g.op("MatMul", [x, kernel], f"{path}/MatMul"), bias], pre_activation_name(path, "Add", kind))
     return activation(g, y, kind, path)
 
 
