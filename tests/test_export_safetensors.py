@@ -108,14 +108,15 @@ def test_layout_torch_loads_strictly_into_the_twin(run, tmp_path):
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_layout_torch_for_every_shipped_config(config, tmp_path):
     pytest.importorskip("torch", reason="torch is not installed (pip install 'nettrain[bench]')")
-    from safetensors.torch import load_file as torch_load_file
+    from safetensors.torch import load as torch_load
 
+    from nettrain.export.safetensors_io import safetensors_bytes
     from nettrain.export.source import load_source
     from nettrain.export.torch_layout import torch_twin
 
-    out = tmp_path / "w.safetensors"
-    export(config, out, layout="torch")
-    torch_twin(load_source(config).model).load_state_dict(torch_load_file(str(out)), strict=True)
+    src = load_source(config)
+    data, _ = safetensors_bytes(src, layout="torch")
+    torch_twin(src.model).load_state_dict(torch_load(data), strict=True)
 
 
 def test_safetensors_errors_are_one_line(run, exported, tmp_path):
