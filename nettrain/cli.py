@@ -230,6 +230,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard logs into RUN/tensorboard/"),
 ) -> None:
     """Train a config; write a run folder with checkpoints and metrics."""
     from .config import load_config
@@ -238,6 +239,7 @@ def train(
     from .training import Trainer
 
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    overrides += ["output.tensorboard=true"] if tensorboard else []
     try:
         cfg = load_config(config, overrides)
         reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)
@@ -309,7 +311,7 @@ def sweep(
 
 @app.command("eval")
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder (uses its best.npz)"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder (uses its best.npz) or an exported .safetensors"),
     split: str = typer.Option("test", "--split", help="test, val or train"),
     format: str = typer.Option("table", "--format", help="table or json"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
@@ -346,7 +348,7 @@ def evaluate_command(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
     files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
     format: str = typer.Option("table", "--format", help="table or json"),
     top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
@@ -370,6 +372,34 @@ def predict(
         typer.echo(json.dumps(results, indent=2))
     else:
         print_predictions(results)
+
+
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(..., help="a run folder, a checkpoint .npz, a .safetensors, or a config .yaml "
+                                            "(its initial weights)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the file to write"),
+    format: Optional[str] = typer.Option(None, "--format", help="onnx or safetensors (default: from -o's suffix)"),
+    check: bool = typer.Option(False, "--check", help="run the ONNX file in ONNX Runtime on random input and print "
+                                                      "the largest difference from nettrain (safetensors: read back)"),
+    include_normalization: bool = typer.Option(False, "--include-normalization",
+                                               help="ONNX: take uint8 pixels and normalise them as predict does"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (for a run folder)"),
+    layout: str = typer.Option("nettrain", "--layout", help="safetensors: nettrain names, or torch (PyTorch's "
+                                                            "names and layouts)"),
+) -> None:
+    """Export a trained model as ONNX (opset 17) or its weights as safetensors."""
+    from .export import export
+
+    result = run_or_exit(export, source, output, format, checkpoint=checkpoint, check=check,
+                         include_normalization=include_normalization, layout=layout)
+    what = f"{result.tensors} tensors" if result.format == "safetensors" else "ONNX opset 17"
+    typer.echo(f"wrote {result.path} ({what}, {result.size:,} bytes) from {result.origin}")
+    if result.max_difference is not None and result.format == "onnx":
+        typer.echo(f"check: ONNX Runtime vs nettrain on {result.check_inputs} random inputs, "
+                   f"largest difference {result.max_difference:.3g}")
+    elif result.max_difference is not None:
+        typer.echo(f"check: all {result.tensors} tensors read back bit for bit")
 
 
 @app.command()

@@ -66,10 +66,14 @@ def config_from_text(text: str, source: str, overrides: Sequence[str] = ()):
 
 
 def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> Trained:
-    """Rebuild the model a checkpoint (or run folder) was trained as, with its weights loaded."""
+    """Rebuild the model a checkpoint (or run folder, or exported .safetensors) was trained as, with its weights."""
     from .builder import build_model
 
     path = resolve_checkpoint(path)
+    if path.suffix.lower() == ".safetensors":  # weights from `nettrain export`, the config in their metadata
+        from .export.safetensors_io import load_safetensors_trained
+
+        return load_safetensors_trained(path, overrides)
     ckpt = load_checkpoint(path)
     config = config_from_text(ckpt.config_text, f"{path} (stored config)", overrides)
     model = build_model(config, seed=int(config.train.seed))

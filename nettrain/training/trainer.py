@@ -144,6 +144,10 @@ class Trainer:
         self.skipped_steps = 0
         self.stop = StopRequest()
         self._open_run(resume)
+        if getattr(config.output, "tensorboard", False):  # event files in RUN/tensorboard/
+            from ..tensorboard_log import with_tensorboard
+
+            self.reporter = with_tensorboard(self.reporter, self)
 
     def _open_run(self, resume: str | Path | None) -> None:
         """A new run folder with the config and summary, or ``resume``'s with its state restored."""
