@@ -114,6 +114,12 @@ MATRIX = {
         {"type": "reshape", "target_shape": [-1]},
         {"type": "dense", "units": 3},
     ]),
+    "conv1d": ([3, 11], [
+        {"type": "conv1d", "filters": 4, "kernel_size": 4, "strides": 2, "padding": "same", "activation": "relu"},
+        {"type": "conv1d", "filters": 3, "kernel_size": 3, "dilation": 2, "padding": 1, "use_bias": False},
+        {"type": "conv1d", "filters": 2, "kernel_size": 2, "activation": "tanh"},
+        {"type": "flatten"}, {"type": "dense", "units": 3},
+    ]),
     "vectors": ([10], [
         {"type": "dense", "units": 8}, {"type": "batchnorm"}, {"type": "relu"},
         {"type": "dropout", "rate": 0.2}, {"type": "reshape", "target_shape": [2, 2, 2]},

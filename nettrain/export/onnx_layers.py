@@ -33,6 +33,19 @@ def conv2d(g: Graph, layer, path: str, x: str) -> str:
     return activation(g, y, kind, path)
 
 
+@converts("conv1d")
+def conv1d(g: Graph, layer, path: str, x: str) -> str:
+    """A 1-D Conv on (N, C, L): the layer's height-1 geometry without its height axis."""
+    kind = layer.spec.activation
+    inputs = [x, g.param(path, "kernel", layer.params["kernel"])]
+    if "bias" in layer.params:
+        inputs.append(g.param(path, "bias", layer.params["bias"]))
+    _, _, left, right = layer.pad
+    y = g.op("Conv", inputs, pre_activation_name(path, "Conv", kind), kernel_shape=[layer.kernel[1]],
+             strides=[layer.stride[1]], dilations=[layer.dilation[1]], pads=[left, right])
+    return activation(g, y, kind, path)
+
+
 @converts("dense")
 def dense(g: Graph, layer, path: str, x: str) -> str:
     """Gemm (kernel ``(in, out)``, ``transB=0``) on vectors; MatMul + Add per timestep of sequences."""

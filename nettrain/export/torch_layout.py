@@ -43,6 +43,12 @@ def torch_layer(layer):
                          dilation=layer.dilation, bias=spec.use_bias)
         mods = [] if symmetric else [nn.ZeroPad2d((left, right, top, bottom))]
         return _with_activation(mods + [conv], spec.activation)
+    if kind == "conv1d":
+        _, _, left, right = layer.pad
+        conv = nn.Conv1d(layer.in_shape[0], spec.filters, spec.kernel_size, spec.strides,
+                         padding=left if left == right else 0, dilation=spec.dilation, bias=spec.use_bias)
+        mods = [] if left == right else [nn.ConstantPad1d((left, right), 0.0)]
+        return _with_activation(mods + [conv], spec.activation)
     if kind == "dense":
         return _with_activation([nn.Linear(layer.in_shape[-1], spec.units, bias=spec.use_bias)], spec.activation)
     if kind == "maxpool2d":
@@ -196,7 +202,7 @@ def paired_arrays(model, net):
         raise AssertionError(f"{len(layers)} nettrain layers with state but {len(modules)} torch modules")
     for (path, layer), module in zip(layers, modules):
         kind = layer.type_name
-        if kind == "conv2d":
+        if kind in ("conv2d", "conv1d"):
             pairs.append((f"{path}.kernel", layer.params["kernel"], module.weight, ""))
             if "bias" in layer.params:
                 pairs.append((f"{path}.bias", layer.params["bias"], module.bias, ""))
@@ -223,14 +229,14 @@ def paired_arrays(model, net):
 def _leaf_layers(model):
     """nettrain layers that hold arrays, in the order their torch modules appear."""
     for path, layer in model.named_layers():
-        if layer.type_name in ("conv2d", "dense", "batchnorm", "lstm", "gru", "simple_rnn"):
+        if layer.type_name in ("conv2d", "conv1d", "dense", "batchnorm", "lstm", "gru", "simple_rnn"):
             yield path, layer
 
 
 def _leaf_modules(net):
     import torch.nn as nn
 
-    stateful = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+    stateful = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
     recurrent = torch_class("TorchRecurrent")
     for module in net.modules():
         if isinstance(module, stateful) or isinstance(module, recurrent):
