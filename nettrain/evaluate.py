@@ -270,6 +270,8 @@ def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list
     results = []
     for f in files:
         path = Path(f)
+        if not path.exists():  # before any reader, so a typo never reads as a missing extra
+            raise DataError(f"{path}: file not found")
         if path.suffix.lower() == ".npz":
             raw = read_npz_inputs(path)
             ids = [f"{path}[{i}]" for i in range(len(raw))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -166,6 +167,14 @@ def test_cli_eval_table_and_errors(run, tmp_path):
     assert wrong_split.exit_code == 2 and "--split" in wrong_split.output
     nothing = runner.invoke(app, ["predict", str(run.run_dir), str(tmp_path / "nope.png")])
     assert nothing.exit_code == 2 and "nope.png" in nothing.output
+
+
+def test_predict_missing_file_says_not_found_without_pillow(run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    for name in ("nope.png", "nope.npz", "nope"):
+        result = runner.invoke(app, ["predict", str(run.run_dir), str(tmp_path / name)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert f"{name}: file not found" in result.output and "Pillow" not in result.output
 
 
 def test_confusion_plot_written(run):
