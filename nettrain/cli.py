@@ -36,7 +36,7 @@ app.add_typer(data_app, name="data")
 def data_download(
     name: str = typer.Argument(..., help="fashion-mnist, mnist or cifar10"),
     dest: Path = typer.Option(Path("data"), "--dest", help="folder that receives <name>/"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from: a URL or a local folder"),
 ) -> None:
     """Download a data set into DEST/NAME/, checking every file's checksum."""
     from .download import download
