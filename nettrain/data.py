@@ -32,7 +32,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from .errors import DataError
 from .layers.base import format_shape
@@ -562,6 +562,11 @@ class SyntheticSpec(BaseModel):
     seed: NonNegativeInt = 0
 
 
+# Other spellings of the named data sets, as `nettrain data download` accepts them.
+DATASET_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
+                   "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
 class DataSpec(BaseModel):
     """The ``data:`` section of a config.
 
@@ -581,6 +586,11 @@ class DataSpec(BaseModel):
     subset: PositiveInt | None = None
     channels: Literal[1, 3] | None = None
     synthetic: SyntheticSpec | None = None
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_alias(cls, value):
+        return DATASET_ALIASES.get(value.strip().lower(), value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fields_fit_dataset(self) -> "DataSpec":
