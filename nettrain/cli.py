@@ -286,11 +286,13 @@ def evaluate_command(
     split: str = typer.Option("test", "--split", help="test, val or train"),
     format: str = typer.Option("table", "--format", help="table or json"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="write no confusion matrix PNG into the run folder"),
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class scores and the confusion matrix."""
     from .errors import NettrainError
     from .evaluate import evaluate_checkpoint, plot_confusion
     from .console import confusion_png_path, print_eval_table
+    from .plots import PLOT_EXTRA
 
     try:
         if split not in ("test", "val", "train"):
@@ -300,7 +302,10 @@ def evaluate_command(
         report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
         png = None
         try:
-            png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+            if not no_plot:
+                png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+                if png is None:
+                    typer.echo(f"note: no confusion matrix plot without matplotlib; {PLOT_EXTRA} adds it", err=True)
         except NettrainError as e:
             typer.echo(f"note: {e}", err=True)
     except NettrainError as e:

@@ -41,6 +41,7 @@ from .data import Batches, DataBundle, Split, load_data
 from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import accuracy, build_loss, topk_accuracy
 from .optimizers import build_optimizer
+from .plots import PLOT_EXTRA, plotting_available
 from .runs import METRIC_COLUMNS, MetricsLog, RunDir, model_summary, plot_curves, write_json, write_text_atomic
 from .schedules import build_schedule
 
@@ -480,6 +481,8 @@ class Trainer:
                 "train_size": len(self.data.train), "val_size": len(self.data.val) if self.data.val else 0,
                 "params": self.model.param_count(), "resumed": self.global_step > 0, "monitor": self.monitor,
             })
+            if getattr(self.config.output, "plots", True) and not plotting_available():
+                self.reporter.note(f"no curves.png without matplotlib; {PLOT_EXTRA} adds it")
             if self.epoch >= self.epochs and self.global_step > 0:
                 self.reporter.note(f"the run already trained {self.epoch} epochs; "
                                    "raise train.epochs (--epochs N) to continue it")
