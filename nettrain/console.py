@@ -126,9 +126,11 @@ def print_eval_table(report: dict[str, Any], png: Path | None = None, console: C
     scores = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         scores.add_column(col, justify="left" if col == "class" else "right")
-    for c in report["per_class"]:
-        scores.add_row(escape(c["class"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
-                       f"{c['support']:,}")
+    rows = [(escape(c["class"]), c) for c in report["per_class"]]
+    rows += [(f"{name} avg", avg) for name, avg in report.get("averages", {}).items()]
+    for i, (name, c) in enumerate(rows):
+        scores.add_row(name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", f"{c['support']:,}",
+                       end_section=i == len(report["per_class"]) - 1)
     console.print(scores)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("")

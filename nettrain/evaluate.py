@@ -111,6 +111,22 @@ def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, A
             for name, p, r, f, s in zip(classes, precision, recall, f1, actual)]
 
 
+def average_scores(cm: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Macro and weighted averages of the per-class precision, recall and F1, as scikit-learn's
+    classification report: over the classes that occur in the labels or the predictions; the
+    weighted one by support. Each average's support is the number of samples."""
+    scores = per_class_scores(cm, range(len(cm)))
+    seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    support = np.array([s["support"] for s in scores], dtype=np.float64)
+    out = {}
+    for name, weights in (("macro", seen.astype(np.float64)), ("weighted", support)):
+        total = weights.sum()
+        out[name] = {key: float(np.dot(weights, [s[key] for s in scores]) / total) if total > 0 else 0.0
+                     for key in ("precision", "recall", "f1")}
+        out[name]["support"] = int(support.sum())
+    return out
+
+
 def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256) -> dict[str, Any]:
     """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``."""
     loss_fn = build_loss(loss_spec)
@@ -140,6 +156,7 @@ def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size:
         report["top5_accuracy"] = top5_sum / n
     report["classes"] = names
     report["per_class"] = per_class_scores(cm, names)
+    report["averages"] = average_scores(cm)
     report["confusion_matrix"] = cm.tolist()
     return report
 
