@@ -11,14 +11,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from . import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.")
+# Placeholders for options whose name does not say what they take.
+METAVARS = {"set_": "KEY=VALUE"}
+
+
+class HelpGroup(typer.core.TyperGroup):
+    """Command help as click and argparse print it: ``--format FORMAT``, ``--set KEY=VALUE``,
+    flags without a placeholder, rather than typer's type names (``--set <list[str]>``,
+    ``--help <bool>`` in typer 0.29's rich help, hence the plain help below)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            flag = param.param_type_name == "option" and (param.is_flag or param.count)
+            if param.metavar is None and not flag:
+                param.metavar = METAVARS.get(param.name, param.name.upper())
+        return command
+
+
+HELP = {"cls": HelpGroup, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.", **HELP)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nettrain {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """nettrain: describe a network in YAML, then summarize, train and evaluate it."""
 
 
@@ -28,7 +57,7 @@ def version() -> None:
     typer.echo(f"nettrain {__version__}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Get data sets.")
+data_app = typer.Typer(no_args_is_help=True, help="Get data sets.", **HELP)
 app.add_typer(data_app, name="data")
 
 
@@ -72,7 +101,7 @@ def run_or_exit(fn, *args, **kwargs):
         _fail(e)
 
 
-SET_HELP = "override a config value, e.g. --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
+SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
 
 
 @app.command()
@@ -399,12 +428,17 @@ def _print_bench(result) -> None:
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
     for line in (
         f"kernels: {result['kernels']}, threads: {result['threads']} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
-        f"{result['steps']} timed steps after {result['warmup']} warm-up",
+        f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
         f"peak memory (RSS): {rss}",
     ):
         typer.echo(line)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 timed step``, ``0 warm-up steps``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _out_of_memory(message: str) -> None:
