@@ -167,7 +167,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequen
     data = load_split(trained, split)
     batch_size = int(getattr(trained.config.train, "eval_batch_size", None) or trained.config.train.batch_size)
     report = evaluate(trained.model, data, trained.classes, trained.config.train.loss, batch_size)
-    return {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch, **report}
+    ckpt = trained.checkpoint
+    return {"checkpoint": str(trained.path), "split": split, "epoch": ckpt.epoch, "batch": ckpt.batch, **report}
 
 
 def plot_confusion(report: dict[str, Any], path: str | Path) -> Path | None:

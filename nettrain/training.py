@@ -44,6 +44,7 @@ from .optimizers import build_optimizer
 from .plots import PLOT_EXTRA, plotting_available
 from .runs import METRIC_COLUMNS, MetricsLog, RunDir, model_summary, plot_curves, write_json, write_text_atomic
 from .schedules import build_schedule
+from .treediff import changed_keys
 
 
 class Reporter:
@@ -147,19 +148,16 @@ def _top_ks(config, num_classes: int) -> list[int]:
     return ks
 
 
-def _same_training(config, saved_text: str) -> bool:
-    """Whether a checkpoint's config equals ``config`` apart from train.epochs (which --epochs may raise)."""
+def _training_changes(config, saved_text: str) -> list[str]:
+    """The keys in which ``config`` differs from a checkpoint's config, apart from train.epochs
+    (which --epochs may raise)."""
     try:
         saved = yaml.safe_load(saved_text)
     except yaml.YAMLError:
-        return False
-    current = config.resolved
+        saved = None
     if not isinstance(saved, dict):
-        return False
-    for d in (saved, current):
-        if isinstance(d.get("train"), dict):
-            d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
-    return saved == current
+        return ["(the saved config cannot be read)"]
+    return [key for key in changed_keys(saved, config.resolved) if key != "train.epochs"]
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -272,9 +270,10 @@ class Trainer:
         if ckpt.batch > self.steps_per_epoch:
             raise CheckpointError(f"{self.run.last}: cursor at batch {ckpt.batch} of {self.steps_per_epoch}; "
                                   "the data or train.batch_size changed since it was saved")
-        if not _same_training(self.config, ckpt.config_text):
-            self.reporter.note(f"the config differs from the one {self.run.last} was saved with; "
-                               "continuing with the config given now")
+        changed = _training_changes(self.config, ckpt.config_text)
+        if changed:
+            self.reporter.note(f"the config differs from the one {self.run.last} was saved with in "
+                               f"{', '.join(changed)}; continuing with the config given now")
         write_text_atomic(self.run.config_yaml, self.config_text)
 
     # -- signals --------------------------------------------------------------
