@@ -14,6 +14,9 @@ import typer
 import typer.core
 
 from . import __version__
+from .commands.common import fail as _fail, out_of_memory as _out_of_memory, print_problems as _print_problems
+from .commands.common import run_or_exit, usage as _usage
+from .commands import runs as runs_commands
 
 # Placeholders for options whose name does not say what they take.
 METAVARS = {"set_": "KEY=VALUE"}
@@ -77,28 +80,6 @@ def data_download(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     typer.echo(f"{name}: ready in {folder}")
-
-
-def _print_problems(e) -> None:
-    """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
-    for line in getattr(e, "problems", None) or [str(e)]:
-        typer.echo(f"error: {line}", err=True)
-
-
-def _fail(e) -> None:
-    """Print a NettrainError as one line (every problem of a ConfigError on its own line) and exit."""
-    _print_problems(e)
-    raise typer.Exit(e.exit_code)
-
-
-def run_or_exit(fn, *args, **kwargs):
-    """Call ``fn``; a NettrainError becomes its problems on stderr and its exit code, never a traceback."""
-    from .errors import NettrainError
-
-    try:
-        return fn(*args, **kwargs)
-    except NettrainError as e:
-        _fail(e)
 
 
 SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
@@ -441,16 +422,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _out_of_memory(message: str) -> None:
-    """A MemoryError as one line and exit code 2, like a NettrainError."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _usage(message: str):
-    from .errors import NettrainError
-
-    return NettrainError(message)
+runs_commands.register(app)
 
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
