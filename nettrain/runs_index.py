@@ -214,7 +214,8 @@ def config_differences(runs: Sequence[RunInfo]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for key in keys:
         # a changed list or section is shown by its leaves
-        leaves = [k for k in dict.fromkeys(k for f in flat for k in f) if k == key or k.startswith((key + ".", key + "["))]
+        every_leaf = dict.fromkeys(k for f in flat for k in f)
+        leaves = [k for k in every_leaf if k == key or k.startswith((key + ".", key + "["))]
         for leaf in leaves:
             values = [f.get(leaf) for f in flat]
             if any(v != values[0] for v in values[1:]):
@@ -250,5 +251,6 @@ def compare_runs(paths: Sequence[str | Path], plot: str | Path | None = None) ->
         try:
             comparison.plot = plot_runs(dict(zip(labels, (r.rows for r in runs))), plot)
         except OSError as e:
-            raise NettrainError(f"{plot}: cannot write the plot ({e.strerror or e}); give another --plot path") from None
+            raise NettrainError(f"{plot}: cannot write the plot ({e.strerror or e}); "
+                                "give another --plot path") from None
     return comparison

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
 # --------------------------------------------------------------------------- formatting
 
-def started(when: datetime | None, now: datetime | None = None) -> str:
+def started(when: datetime | None) -> str:
     """``2025-01-31 14:05``."""
     return "-" if when is None else when.strftime("%Y-%m-%d %H:%M")
 
@@ -121,7 +121,8 @@ def _print_comparison(comparison) -> None:
              for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")]
     rows.append(("training time", [f"{r.seconds:,.1f} s" for r in runs]))
     for i, (name, cells) in enumerate(rows):
-        table.add_row(name, *(escape(c) for c in cells), end_section=i == len(rows) - 1 and bool(comparison.differences))
+        last_row = i == len(rows) - 1
+        table.add_row(name, *(escape(c) for c in cells), end_section=last_row and bool(comparison.differences))
     for key, values in comparison.differences.items():
         table.add_row(escape(key), *(escape(json.dumps(v)) for v in values))
     Console(highlight=False, soft_wrap=True).print(table)
