@@ -11,14 +11,46 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from . import __version__
+from .commands.common import fail as _fail, out_of_memory as _out_of_memory, print_problems as _print_problems
+from .commands.common import run_or_exit, usage as _usage
+from .commands import runs as runs_commands
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.")
+# Placeholders for options whose name does not say what they take.
+METAVARS = {"set_": "KEY=VALUE"}
+
+
+class HelpGroup(typer.core.TyperGroup):
+    """Command help as click and argparse print it: ``--format FORMAT``, ``--set KEY=VALUE``,
+    flags without a placeholder, rather than typer's type names (``--set <list[str]>``,
+    ``--help <bool>`` in typer 0.29's rich help, hence the plain help below)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            flag = param.param_type_name == "option" and (param.is_flag or param.count)
+            if param.metavar is None and not flag:
+                param.metavar = METAVARS.get(param.name, param.name.upper())
+        return command
+
+
+HELP = {"cls": HelpGroup, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.", **HELP)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nettrain {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """nettrain: describe a network in YAML, then summarize, train and evaluate it."""
 
 
@@ -28,7 +60,7 @@ def version() -> None:
     typer.echo(f"nettrain {__version__}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Get data sets.")
+data_app = typer.Typer(no_args_is_help=True, help="Get data sets.", **HELP)
 app.add_typer(data_app, name="data")
 
 
@@ -36,7 +68,7 @@ app.add_typer(data_app, name="data")
 def data_download(
     name: str = typer.Argument(..., help="fashion-mnist, mnist or cifar10"),
     dest: Path = typer.Option(Path("data"), "--dest", help="folder that receives <name>/"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from: a URL or a local folder"),
 ) -> None:
     """Download a data set into DEST/NAME/, checking every file's checksum."""
     from .download import download
@@ -50,29 +82,7 @@ def data_download(
     typer.echo(f"{name}: ready in {folder}")
 
 
-def _print_problems(e) -> None:
-    """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
-    for line in getattr(e, "problems", None) or [str(e)]:
-        typer.echo(f"error: {line}", err=True)
-
-
-def _fail(e) -> None:
-    """Print a NettrainError as one line (every problem of a ConfigError on its own line) and exit."""
-    _print_problems(e)
-    raise typer.Exit(e.exit_code)
-
-
-def run_or_exit(fn, *args, **kwargs):
-    """Call ``fn``; a NettrainError becomes its problems on stderr and its exit code, never a traceback."""
-    from .errors import NettrainError
-
-    try:
-        return fn(*args, **kwargs)
-    except NettrainError as e:
-        _fail(e)
-
-
-SET_HELP = "override a config value, e.g. --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
+SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
 
 
 @app.command()
@@ -315,11 +325,13 @@ def evaluate_command(
     split: str = typer.Option("test", "--split", help="test, val or train"),
     format: str = typer.Option("table", "--format", help="table or json"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="write no confusion matrix PNG into the run folder"),
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class scores and the confusion matrix."""
     from .errors import NettrainError
     from .evaluate import evaluate_checkpoint, plot_confusion
     from .console import confusion_png_path, print_eval_table
+    from .plots import PLOT_EXTRA
 
     try:
         if split not in ("test", "val", "train"):
@@ -329,7 +341,10 @@ def evaluate_command(
         report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
         png = None
         try:
-            png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+            if not no_plot:
+                png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+                if png is None:
+                    typer.echo(f"note: no confusion matrix plot without matplotlib; {PLOT_EXTRA} adds it", err=True)
         except NettrainError as e:
             typer.echo(f"note: {e}", err=True)
     except NettrainError as e:
@@ -451,7 +466,7 @@ def _print_bench(result) -> None:
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
     for line in (
         f"kernels: {result['kernels']}, threads: {result['threads']} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
-        f"{result['steps']} timed steps after {result['warmup']} warm-up",
+        f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
         f"peak memory (RSS): {rss}",
@@ -459,16 +474,12 @@ def _print_bench(result) -> None:
         typer.echo(line)
 
 
-def _out_of_memory(message: str) -> None:
-    """A MemoryError as one line and exit code 2, like a NettrainError."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _count(n: int, noun: str) -> str:
+    """``1 timed step``, ``0 warm-up steps``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _usage(message: str):
-    from .errors import NettrainError
-
-    return NettrainError(message)
+runs_commands.register(app)
 
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

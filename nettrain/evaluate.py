@@ -111,6 +111,22 @@ def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, A
             for name, p, r, f, s in zip(classes, precision, recall, f1, actual)]
 
 
+def average_scores(cm: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Macro and weighted averages of the per-class precision, recall and F1, as scikit-learn's
+    classification report: over the classes that occur in the labels or the predictions; the
+    weighted one by support. Each average's support is the number of samples."""
+    scores = per_class_scores(cm, range(len(cm)))
+    seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    support = np.array([s["support"] for s in scores], dtype=np.float64)
+    out = {}
+    for name, weights in (("macro", seen.astype(np.float64)), ("weighted", support)):
+        total = weights.sum()
+        out[name] = {key: float(np.dot(weights, [s[key] for s in scores]) / total) if total > 0 else 0.0
+                     for key in ("precision", "recall", "f1")}
+        out[name]["support"] = int(support.sum())
+    return out
+
+
 def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256) -> dict[str, Any]:
     """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``."""
     if len(split) == 0:
@@ -130,6 +146,7 @@ def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size:
         report["top5_accuracy"] = sums.topk_sums[5] / sums.samples
     report["classes"] = names
     report["per_class"] = per_class_scores(cm, names)
+    report["averages"] = average_scores(cm)
     report["confusion_matrix"] = cm.tolist()
     return report
 
@@ -140,7 +157,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequen
     data = load_split(trained, split)
     batch_size = int(getattr(trained.config.train, "eval_batch_size", None) or trained.config.train.batch_size)
     report = evaluate(trained.model, data, trained.classes, trained.config.train.loss, batch_size)
-    return {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch, **report}
+    ckpt = trained.checkpoint
+    return {"checkpoint": str(trained.path), "split": split, "epoch": ckpt.epoch, "batch": ckpt.batch, **report}
 
 
 def plot_confusion(report: dict[str, Any], path: str | Path) -> Path | None:
@@ -260,6 +278,8 @@ def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list
     results = []
     for f in files:
         path = Path(f)
+        if not path.exists():  # before any reader, so a typo never reads as a missing extra
+            raise DataError(f"{path}: file not found")
         if path.suffix.lower() == ".npz":
             raw = read_npz_inputs(path)
             ids = [f"{path}[{i}]" for i in range(len(raw))]

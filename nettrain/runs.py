@@ -298,38 +298,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
     """Loss and accuracy per epoch (train and validation) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
+    from .plots import plot_runs
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not rows:
-        return None
-    path = Path(path)
-    epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split, style in (("train", "-"), ("val", "--")):
-            values = [r.get(f"{split}_{metric}") for r in rows]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [math.nan if v is None else v for v in values], style, marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return plot_runs({"": rows}, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from None
-    finally:
-        plt.close(fig)
-    return path
+        raise _write_error(Path(path), e) from None
 
 
 # --------------------------------------------------------------------------- summary
