@@ -16,7 +16,7 @@ import typer.core
 from . import __version__
 from .commands.common import fail as _fail, out_of_memory as _out_of_memory, print_problems as _print_problems
 from .commands.common import run_or_exit, usage as _usage
-from .commands import runs as runs_commands
+from .commands import export as export_commands, runs as runs_commands, sweep as sweep_commands
 
 # Placeholders for options whose name does not say what they take.
 METAVARS = {"set_": "KEY=VALUE"}
@@ -274,51 +274,6 @@ def train(
     out.print(f"run folder: {result.run_dir}")
 
 
-@app.command()
-def sweep(
-    spec: Optional[Path] = typer.Argument(None, help="the sweep spec (YAML), e.g. configs/sweeps/quickstart_lr.yaml"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a value of the spec, e.g. --set trials=4 "
-                                             "--set 'space.train.optimizer.lr={choice: [0.01, 0.001]}'"),
-    address: Optional[str] = typer.Option(None, "--address", help="a running Ray cluster (ray://head:10001 or "
-                                          "head:6379); default: a Ray started on this machine"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted sweep in this folder"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per epoch"),
-) -> None:
-    """Search hyper-parameters with Ray Tune; every trial is a run folder in the sweep folder's trials/."""
-    from .sweep.console import ConsoleSweepProgress, print_sweep_end
-
-    progress = ConsoleSweepProgress(quiet=quiet)
-
-    def run():
-        from .sweep import require_ray
-        from .sweep.spec import load_spec, plan_sweep
-
-        if (spec is None) == (resume is None):
-            raise _usage("give a sweep spec, or --resume SWEEP_FOLDER to continue one (not both)")
-        if resume is not None and set_:
-            raise _usage("--set changes a spec; a resumed sweep keeps the spec in its sweep.yaml")
-        plan = plan_sweep(load_spec(spec, list(set_ or []))) if spec is not None else None
-        require_ray()
-        from .sweep.runner import resume_sweep, run_sweep
-
-        return run_sweep(plan, progress, address) if plan is not None else resume_sweep(resume, progress, address)
-
-    try:
-        outcome = run_or_exit(run)
-    except KeyboardInterrupt:  # a second Ctrl-C: run folders are written atomically; Tune keeps its last saved state
-        folder = progress.folder or resume
-        hint = f"; resume with: nettrain sweep --resume {folder}" if folder else ""
-        typer.echo(f"aborted{hint}", err=True)
-        raise typer.Exit(130) from None
-    print_sweep_end(outcome, progress.console)
-    if outcome.interrupted:
-        typer.echo(f"interrupted; resume with: nettrain sweep --resume {outcome.folder}", err=True)
-        raise typer.Exit(130)
-    if outcome.best_yaml is None:
-        first = next((r.error for r in outcome.records if r.error), None)
-        _fail(_usage("no trial finished an epoch" + (f"; the first error: {first}" if first else "")))
-
-
 @app.command("eval")
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder (uses its best.npz) or an exported .safetensors"),
@@ -389,34 +344,6 @@ def predict(
         print_predictions(results)
 
 
-@app.command("export")
-def export_command(
-    source: Path = typer.Argument(..., help="a run folder, a checkpoint .npz, a .safetensors, or a config .yaml "
-                                            "(its initial weights)"),
-    output: Path = typer.Option(..., "-o", "--output", help="the file to write"),
-    format: Optional[str] = typer.Option(None, "--format", help="onnx or safetensors (default: from -o's suffix)"),
-    check: bool = typer.Option(False, "--check", help="run the ONNX file in ONNX Runtime on random input and print "
-                                                      "the largest difference from nettrain (safetensors: read back)"),
-    include_normalization: bool = typer.Option(False, "--include-normalization",
-                                               help="ONNX: take uint8 pixels and normalise them as predict does"),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (for a run folder)"),
-    layout: str = typer.Option("nettrain", "--layout", help="safetensors: nettrain names, or torch (PyTorch's "
-                                                            "names and layouts)"),
-) -> None:
-    """Export a trained model as ONNX (opset 17) or its weights as safetensors."""
-    from .export import export
-
-    result = run_or_exit(export, source, output, format, checkpoint=checkpoint, check=check,
-                         include_normalization=include_normalization, layout=layout)
-    what = f"{result.tensors} tensors" if result.format == "safetensors" else "ONNX opset 17"
-    typer.echo(f"wrote {result.path} ({what}, {result.size:,} bytes) from {result.origin}")
-    if result.max_difference is not None and result.format == "onnx":
-        typer.echo(f"check: ONNX Runtime vs nettrain on {result.check_inputs} random inputs, "
-                   f"largest difference {result.max_difference:.3g}")
-    elif result.max_difference is not None:
-        typer.echo(f"check: all {result.tensors} tensors read back bit for bit")
-
-
 @app.command()
 def bench(
     config: Path = typer.Argument(..., help="the YAML config whose model to time"),
@@ -480,6 +407,8 @@ def _count(n: int, noun: str) -> str:
 
 
 runs_commands.register(app)
+sweep_commands.register(app)
+export_commands.register(app)
 
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
