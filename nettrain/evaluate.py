@@ -11,37 +11,18 @@ training set's statistics stored in the checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint, restore_model
+from .checkpoint import load_checkpoint, restore_model
 from .data import Split, load_data, normalize_channels, read_npz
 from .errors import CheckpointError, DataError
 from .losses import build_loss, softmax_probs
 from .shapes import image_to_chw, images_to_nchw
+from .trained import Trained, config_from_text
 from .training.evaluation import EvalLoop, confusion_matrix
-
-
-@dataclass
-class Trained:
-    """A model rebuilt from a checkpoint, with the config and checkpoint it came from."""
-
-    model: Any
-    config: Any
-    checkpoint: Checkpoint
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return self.checkpoint.classes
-
-    @property
-    def config_dir(self) -> Path | None:
-        source = self.checkpoint.config_path
-        return Path(source).parent if source else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -58,20 +39,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def config_from_text(text: str, source: str, overrides: Sequence[str] = ()):
-    """Validate config text (as stored in a checkpoint) with the config loader; ``source`` names it in errors."""
-    from .config import parse_config
-
-    return parse_config(text, source, tuple(overrides))
-
-
 def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> Trained:
     """Rebuild the model a checkpoint (or run folder, or exported .safetensors) was trained as, with its weights."""
     from .builder import build_model
 
     path = resolve_checkpoint(path)
     if path.suffix.lower() == ".safetensors":  # weights from `nettrain export`, the config in their metadata
-        from .export.safetensors_io import load_safetensors_trained
+        from .export.safetensors_read import load_safetensors_trained
 
         return load_safetensors_trained(path, overrides)
     ckpt = load_checkpoint(path)

@@ -16,35 +16,13 @@ converter per layer type), :mod:`.safetensors_io` and :mod:`.torch_layout`
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NettrainError
+from .common import INSTALL_HINTS, ExportError, require  # noqa: F401  (the package's public names)
 
 FORMATS = ("onnx", "safetensors")
 LAYOUTS = ("nettrain", "torch")
-INSTALL_HINTS = {
-    "onnx": "pip install 'nettrain[onnx]'",
-    "onnxruntime": "pip install 'nettrain[onnx]'",
-    "safetensors": "pip install 'nettrain[onnx]'",
-    "torch": "pip install 'nettrain[bench]'",
-}
-
-
-class ExportError(NettrainError):
-    """A model cannot be exported (unsupported layer, missing library, unwritable output)."""
-
-
-def require(module: str, purpose: str):
-    """Import an optional library, or raise a one-line ExportError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ExportError(f"{purpose} needs the '{module.split('.')[0]}' package: "
-                          f"{INSTALL_HINTS.get(module.split('.')[0], 'pip install ' + module)}") from None
-
-
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``); one-line error if it cannot."""
     from ..runs import replace_atomically

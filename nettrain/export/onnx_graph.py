@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from .. import __version__
-from . import ExportError, require
+from .common import ExportError, require
 from .source import ExportSource
 
 OPSET = 17

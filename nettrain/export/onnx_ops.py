@@ -21,7 +21,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from ..layers.activations import ELU, LeakyReLU
-from . import ExportError
+from .common import ExportError
 
 Converter = Callable[["Graph", object, str, str], str]
 CONVERTERS: dict[str, Converter] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ExportError
+from .common import ExportError
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
