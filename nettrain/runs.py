@@ -80,6 +80,16 @@ def timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
+def fresh_folder(root: str | Path, name: str, now: datetime | None = None) -> Path:
+    """``root/<name>-<timestamp>``, with ``-2``, ``-3``... when that exists (two started in the same second)."""
+    base = Path(root) / f"{name}-{timestamp(now)}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
 class RunDir:
     """The paths of one run's folder."""
 
@@ -155,11 +165,7 @@ class RunDir:
                 raise TrainingError(f"{run.path} already holds a run (checkpoints/last.npz); continue it with "
                                     f"--resume {run.path}, or set output.dir to a new folder")
         else:
-            base = Path(root) / f"{config_name}-{timestamp(now)}"
-            run, n = cls(base), 1
-            while run.path.exists():  # two runs started in the same second
-                n += 1
-                run = cls(f"{base}-{n}")
+            run = cls(fresh_folder(root, config_name, now))
         try:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -24,25 +24,23 @@ def onnx_pads(pad: tuple[int, int, int, int]) -> list[int]:
 
 @converts("conv2d")
 def conv2d(g: Graph, layer, path: str, x: str) -> str:
-    kind = layer.spec.activation
-    inputs = [x, g.param(path, "kernel", layer.params["kernel"])]
-    if "bias" in layer.params:
-        inputs.append(g.param(path, "bias", layer.params["bias"]))
-    y = g.op("Conv", inputs, pre_activation_name(path, "Conv", kind), kernel_shape=list(layer.kernel),
-             strides=list(layer.stride), dilations=list(layer.dilation), pads=onnx_pads(layer.pad))
-    return activation(g, y, kind, path)
+    return conv(g, layer, path, x, list(layer.kernel), list(layer.stride), list(layer.dilation), onnx_pads(layer.pad))
 
 
 @converts("conv1d")
 def conv1d(g: Graph, layer, path: str, x: str) -> str:
     """A 1-D Conv on (N, C, L): the layer's height-1 geometry without its height axis."""
+    _, _, left, right = layer.pad
+    return conv(g, layer, path, x, [layer.kernel[1]], [layer.stride[1]], [layer.dilation[1]], [left, right])
+
+
+def conv(g: Graph, layer, path: str, x: str, kernel, strides, dilations, pads) -> str:
     kind = layer.spec.activation
     inputs = [x, g.param(path, "kernel", layer.params["kernel"])]
     if "bias" in layer.params:
         inputs.append(g.param(path, "bias", layer.params["bias"]))
-    _, _, left, right = layer.pad
-    y = g.op("Conv", inputs, pre_activation_name(path, "Conv", kind), kernel_shape=[layer.kernel[1]],
-             strides=[layer.stride[1]], dilations=[layer.dilation[1]], pads=[left, right])
+    y = g.op("Conv", inputs, pre_activation_name(path, "Conv", kind), kernel_shape=kernel, strides=strides,
+             dilations=dilations, pads=pads)
     return activation(g, y, kind, path)
 
 
