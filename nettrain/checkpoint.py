@@ -163,7 +163,8 @@ def _is_zip(path: Path) -> bool:
         return f.read(4) in _ZIP_MAGICS
 
 
-def _read_archive(path: Path) -> dict[str, np.ndarray]:
+def _read_archive(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a checkpoint file (only ``keys`` when given), or a one-line CheckpointError."""
     try:
         if not _is_zip(path):
             raise CheckpointError(f"{path}: not a checkpoint (.npz archive expected); "
@@ -171,7 +172,7 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path}: not a checkpoint (.npz archive expected)")
-            return {key: archive[key] for key in archive.files}
+            return {key: archive[key] for key in archive.files if keys is None or key in keys}
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -209,6 +210,13 @@ def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: corrupt checkpoint ('meta' lacks {', '.join(missing)}); {DAMAGED}")
     return meta
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``meta`` entry (epoch, batch, global step, classes, the trainer's counters under
+    ``trainer``) without reading its arrays, e.g. to list runs; CheckpointError as load_checkpoint."""
+    path = Path(path)
+    return _parse_meta(path, _read_archive(path, keys=("meta", "config")))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -11,15 +11,47 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from . import __version__
-from .distributed.launch import is_parallel_launch, launched_rank
+from .commands.common import fail as _fail, out_of_memory as _out_of_memory, print_problems as _print_problems
+from .commands.common import run_or_exit, usage as _usage
+from .commands import export as export_commands, runs as runs_commands, sweep as sweep_commands
+from .distributed.launch import is_parallel_launch
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.")
+# Placeholders for options whose name does not say what they take.
+METAVARS = {"set_": "KEY=VALUE"}
+
+
+class HelpGroup(typer.core.TyperGroup):
+    """Command help as click and argparse print it: ``--format FORMAT``, ``--set KEY=VALUE``,
+    flags without a placeholder, rather than typer's type names (``--set <list[str]>``,
+    ``--help <bool>`` in typer 0.29's rich help, hence the plain help below)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            flag = param.param_type_name == "option" and (param.is_flag or param.count)
+            if param.metavar is None and not flag:
+                param.metavar = METAVARS.get(param.name, param.name.upper())
+        return command
+
+
+HELP = {"cls": HelpGroup, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative CNN/RNN training in NumPy.", **HELP)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nettrain {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """nettrain: describe a network in YAML, then summarize, train and evaluate it."""
 
 
@@ -29,7 +61,7 @@ def version() -> None:
     typer.echo(f"nettrain {__version__}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Get data sets.")
+data_app = typer.Typer(no_args_is_help=True, help="Get data sets.", **HELP)
 app.add_typer(data_app, name="data")
 
 
@@ -37,7 +69,7 @@ app.add_typer(data_app, name="data")
 def data_download(
     name: str = typer.Argument(..., help="fashion-mnist, mnist or cifar10"),
     dest: Path = typer.Option(Path("data"), "--dest", help="folder that receives <name>/"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a mirror to download from: a URL or a local folder"),
 ) -> None:
     """Download a data set into DEST/NAME/, checking every file's checksum."""
     from .download import download
@@ -51,31 +83,7 @@ def data_download(
     typer.echo(f"{name}: ready in {folder}")
 
 
-def _print_problems(e) -> None:
-    """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
-    if launched_rank() != 0:  # under mpiexec every rank meets the same error: rank 0 alone says it
-        return
-    for line in getattr(e, "problems", None) or [str(e)]:
-        typer.echo(f"error: {line}", err=True)
-
-
-def _fail(e) -> None:
-    """Print a NettrainError as one line (every problem of a ConfigError on its own line) and exit."""
-    _print_problems(e)
-    raise typer.Exit(e.exit_code)
-
-
-def run_or_exit(fn, *args, **kwargs):
-    """Call ``fn``; a NettrainError becomes its problems on stderr and its exit code, never a traceback."""
-    from .errors import NettrainError
-
-    try:
-        return fn(*args, **kwargs)
-    except NettrainError as e:
-        _fail(e)
-
-
-SET_HELP = "override a config value, e.g. --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
+SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
 
 
 @app.command()
@@ -233,6 +241,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard logs into RUN/tensorboard/"),
 ) -> None:
     """Train a config; write a run folder with checkpoints and metrics."""
     from .config import load_config
@@ -241,6 +250,7 @@ def train(
     from .training import Trainer
 
     overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    overrides += ["output.tensorboard=true"] if tensorboard else []
     if is_parallel_launch():  # one rank of several: mpiexec -n N nettrain train
         from .distributed import commands
 
@@ -269,62 +279,19 @@ def train(
     out.print(f"run folder: {result.run_dir}")
 
 
-@app.command()
-def sweep(
-    spec: Optional[Path] = typer.Argument(None, help="the sweep spec (YAML), e.g. configs/sweeps/quickstart_lr.yaml"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a value of the spec, e.g. --set trials=4 "
-                                             "--set 'space.train.optimizer.lr={choice: [0.01, 0.001]}'"),
-    address: Optional[str] = typer.Option(None, "--address", help="a running Ray cluster (ray://head:10001 or "
-                                          "head:6379); default: a Ray started on this machine"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the interrupted sweep in this folder"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no line per epoch"),
-) -> None:
-    """Search hyper-parameters with Ray Tune; every trial is a run folder in the sweep folder's trials/."""
-    from .sweep.console import ConsoleSweepProgress, print_sweep_end
-
-    progress = ConsoleSweepProgress(quiet=quiet)
-
-    def run():
-        from .sweep import require_ray
-        from .sweep.spec import load_spec, plan_sweep
-
-        if (spec is None) == (resume is None):
-            raise _usage("give a sweep spec, or --resume SWEEP_FOLDER to continue one (not both)")
-        if resume is not None and set_:
-            raise _usage("--set changes a spec; a resumed sweep keeps the spec in its sweep.yaml")
-        plan = plan_sweep(load_spec(spec, list(set_ or []))) if spec is not None else None
-        require_ray()
-        from .sweep.runner import resume_sweep, run_sweep
-
-        return run_sweep(plan, progress, address) if plan is not None else resume_sweep(resume, progress, address)
-
-    try:
-        outcome = run_or_exit(run)
-    except KeyboardInterrupt:  # a second Ctrl-C: run folders are written atomically; Tune keeps its last saved state
-        folder = progress.folder or resume
-        hint = f"; resume with: nettrain sweep --resume {folder}" if folder else ""
-        typer.echo(f"aborted{hint}", err=True)
-        raise typer.Exit(130) from None
-    print_sweep_end(outcome, progress.console)
-    if outcome.interrupted:
-        typer.echo(f"interrupted; resume with: nettrain sweep --resume {outcome.folder}", err=True)
-        raise typer.Exit(130)
-    if outcome.best_yaml is None:
-        first = next((r.error for r in outcome.records if r.error), None)
-        _fail(_usage("no trial finished an epoch" + (f"; the first error: {first}" if first else "")))
-
-
 @app.command("eval")
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder (uses its best.npz)"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder (uses its best.npz) or an exported .safetensors"),
     split: str = typer.Option("test", "--split", help="test, val or train"),
     format: str = typer.Option("table", "--format", help="table or json"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="write no confusion matrix PNG into the run folder"),
 ) -> None:
     """Evaluate a checkpoint: loss, accuracy, per-class scores and the confusion matrix."""
     from .errors import NettrainError
     from .evaluate import evaluate_checkpoint, plot_confusion
     from .console import confusion_png_path, print_eval_table
+    from .plots import PLOT_EXTRA
 
     try:
         if split not in ("test", "val", "train"):
@@ -339,7 +306,10 @@ def evaluate_command(
             report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
         png = None
         try:
-            png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+            if not no_plot:
+                png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
+                if png is None:
+                    typer.echo(f"note: no confusion matrix plot without matplotlib; {PLOT_EXTRA} adds it", err=True)
         except NettrainError as e:
             typer.echo(f"note: {e}", err=True)
     except NettrainError as e:
@@ -358,7 +328,7 @@ def evaluate_command(
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz or a run folder"),
+    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
     files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
     format: str = typer.Option("table", "--format", help="table or json"),
     top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
@@ -447,7 +417,7 @@ def _print_bench(result) -> None:
     layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
     for line in (
         f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
-        f"{result['steps']} timed steps after {result['warmup']} warm-up",
+        f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
         f"peak memory (RSS): {rss}",
@@ -455,16 +425,14 @@ def _print_bench(result) -> None:
         typer.echo(line)
 
 
-def _out_of_memory(message: str) -> None:
-    """A MemoryError as one line and exit code 2, like a NettrainError."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _count(n: int, noun: str) -> str:
+    """``1 timed step``, ``0 warm-up steps``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _usage(message: str):
-    from .errors import NettrainError
-
-    return NettrainError(message)
+runs_commands.register(app)
+sweep_commands.register(app)
+export_commands.register(app)
 
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

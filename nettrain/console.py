@@ -113,11 +113,19 @@ def confusion_png_path(checkpoint: str | Path, split: str) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}_confusion_{split}.png")
 
 
+def checkpoint_age(epoch: int, batch: int) -> str:
+    """How far training had got when a checkpoint was saved: ``epoch`` finished epochs, ``batch``
+    batches into the next one (a run stopped mid-epoch)."""
+    if batch:
+        return f"in epoch {epoch + 1}, after {batch} batch{'' if batch == 1 else 'es'}"
+    return f"epoch {epoch}" if epoch else "before the first training step"
+
+
 def print_eval_table(report: dict[str, Any], png: Path | None = None, console: Console | None = None) -> None:
     """Overall scores, the per-class table and the confusion matrix."""
     console = console or Console(highlight=False, soft_wrap=True)
-    head = (f"[bold]{escape(report['checkpoint'])}[/bold] (epoch {report['epoch']}) on the "
-            f"{report['split']} split, {report['samples']:,} samples")
+    head = (f"[bold]{escape(report['checkpoint'])}[/bold] ({checkpoint_age(report['epoch'], report.get('batch', 0))}) "
+            f"on the {report['split']} split, {report['samples']:,} samples")
     console.print(head)
     line = f"loss {report['loss']:.4f}  accuracy {_percent(report['accuracy'])}"
     if "top5_accuracy" in report:
@@ -126,9 +134,11 @@ def print_eval_table(report: dict[str, Any], png: Path | None = None, console: C
     scores = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         scores.add_column(col, justify="left" if col == "class" else "right")
-    for c in report["per_class"]:
-        scores.add_row(escape(c["class"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
-                       f"{c['support']:,}")
+    rows = [(escape(c["class"]), c) for c in report["per_class"]]
+    rows += [(f"{name} avg", avg) for name, avg in report.get("averages", {}).items()]
+    for i, (name, c) in enumerate(rows):
+        scores.add_row(name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", f"{c['support']:,}",
+                       end_section=i == len(report["per_class"]) - 1)
     console.print(scores)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("")

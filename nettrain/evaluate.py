@@ -11,37 +11,18 @@ training set's statistics stored in the checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint, restore_model
+from .checkpoint import load_checkpoint, restore_model
 from .data import Split, load_data, normalize_channels, read_npz
 from .errors import CheckpointError, DataError
 from .losses import build_loss, softmax_probs
 from .shapes import image_to_chw, images_to_nchw
+from .trained import Trained, config_from_text
 from .training.evaluation import EvalLoop, confusion_matrix
-
-
-@dataclass
-class Trained:
-    """A model rebuilt from a checkpoint, with the config and checkpoint it came from."""
-
-    model: Any
-    config: Any
-    checkpoint: Checkpoint
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return self.checkpoint.classes
-
-    @property
-    def config_dir(self) -> Path | None:
-        source = self.checkpoint.config_path
-        return Path(source).parent if source else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -58,18 +39,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def config_from_text(text: str, source: str, overrides: Sequence[str] = ()):
-    """Validate config text (as stored in a checkpoint) with the config loader; ``source`` names it in errors."""
-    from .config import parse_config
-
-    return parse_config(text, source, tuple(overrides))
-
-
 def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> Trained:
-    """Rebuild the model a checkpoint (or run folder) was trained as, with its weights loaded."""
+    """Rebuild the model a checkpoint (or run folder, or exported .safetensors) was trained as, with its weights."""
     from .builder import build_model
 
     path = resolve_checkpoint(path)
+    if path.suffix.lower() == ".safetensors":  # weights from `nettrain export`, the config in their metadata
+        from .export.safetensors_read import load_safetensors_trained
+
+        return load_safetensors_trained(path, overrides)
     ckpt = load_checkpoint(path)
     config = config_from_text(ckpt.config_text, f"{path} (stored config)", overrides)
     model = build_model(config, seed=int(config.train.seed))
@@ -107,6 +85,22 @@ def per_class_scores(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, A
             for name, p, r, f, s in zip(classes, precision, recall, f1, actual)]
 
 
+def average_scores(cm: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Macro and weighted averages of the per-class precision, recall and F1, as scikit-learn's
+    classification report: over the classes that occur in the labels or the predictions; the
+    weighted one by support. Each average's support is the number of samples."""
+    scores = per_class_scores(cm, range(len(cm)))
+    seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    support = np.array([s["support"] for s in scores], dtype=np.float64)
+    out = {}
+    for name, weights in (("macro", seen.astype(np.float64)), ("weighted", support)):
+        total = weights.sum()
+        out[name] = {key: float(np.dot(weights, [s[key] for s in scores]) / total) if total > 0 else 0.0
+                     for key in ("precision", "recall", "f1")}
+        out[name]["support"] = int(support.sum())
+    return out
+
+
 def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size: int = 256,
              loop_class=EvalLoop) -> dict[str, Any]:
     """Loss, accuracy, top-5 (> 5 classes), per-class scores and confusion matrix of ``model`` on ``split``.
@@ -130,6 +124,7 @@ def evaluate(model, split: Split, classes: Sequence[str], loss_spec, batch_size:
         report["top5_accuracy"] = sums.topk_sums[5] / sums.samples
     report["classes"] = names
     report["per_class"] = per_class_scores(cm, names)
+    report["averages"] = average_scores(cm)
     report["confusion_matrix"] = cm.tolist()
     return report
 
@@ -140,7 +135,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: Sequen
     data = load_split(trained, split)
     batch_size = int(getattr(trained.config.train, "eval_batch_size", None) or trained.config.train.batch_size)
     report = evaluate(trained.model, data, trained.classes, trained.config.train.loss, batch_size)
-    return {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch, **report}
+    ckpt = trained.checkpoint
+    return {"checkpoint": str(trained.path), "split": split, "epoch": ckpt.epoch, "batch": ckpt.batch, **report}
 
 
 def plot_confusion(report: dict[str, Any], path: str | Path) -> Path | None:
@@ -260,6 +256,8 @@ def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list
     results = []
     for f in files:
         path = Path(f)
+        if not path.exists():  # before any reader, so a typo never reads as a missing extra
+            raise DataError(f"{path}: file not found")
         if path.suffix.lower() == ".npz":
             raw = read_npz_inputs(path)
             ids = [f"{path}[{i}]" for i in range(len(raw))]

@@ -80,6 +80,16 @@ def timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
+def fresh_folder(root: str | Path, name: str, now: datetime | None = None) -> Path:
+    """``root/<name>-<timestamp>``, with ``-2``, ``-3``... when that exists (two started in the same second)."""
+    base = Path(root) / f"{name}-{timestamp(now)}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
 class RunDir:
     """The paths of one run's folder."""
 
@@ -155,11 +165,7 @@ class RunDir:
                 raise TrainingError(f"{run.path} already holds a run (checkpoints/last.npz); continue it with "
                                     f"--resume {run.path}, or set output.dir to a new folder")
         else:
-            base = Path(root) / f"{config_name}-{timestamp(now)}"
-            run, n = cls(base), 1
-            while run.path.exists():  # two runs started in the same second
-                n += 1
-                run = cls(f"{base}-{n}")
+            run = cls(fresh_folder(root, config_name, now))
         try:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -298,38 +304,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
     """Loss and accuracy per epoch (train and validation) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
+    from .plots import plot_runs
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not rows:
-        return None
-    path = Path(path)
-    epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split, style in (("train", "-"), ("val", "--")):
-            values = [r.get(f"{split}_{metric}") for r in rows]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [math.nan if v is None else v for v in values], style, marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return plot_runs({"": rows}, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from None
-    finally:
-        plt.close(fig)
-    return path
+        raise _write_error(Path(path), e) from None
 
 
 # --------------------------------------------------------------------------- summary

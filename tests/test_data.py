@@ -572,6 +572,20 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
         load_data(DataSpec(dataset="cifar10", path="gone"))
 
 
+def test_dataset_names_as_data_download_spells_them():
+    from nettrain.config import load_config
+    from nettrain.download import dataset_info
+
+    for name, canonical in (("fashion-mnist", "fashion_mnist"), ("Fashion-MNIST", "fashion_mnist"),
+                            ("cifar-10", "cifar10"), ("mnist", "mnist")):
+        assert DataSpec(dataset=name).dataset == canonical
+        assert dataset_info(name).name.replace("-", "_") == canonical  # `data download` takes it too
+    config = load_config(REPO / "configs" / "quickstart.yaml", ["data.dataset=fashion-mnist"])
+    assert config.data.dataset == "fashion_mnist" and config.resolved["data"]["dataset"] == "fashion_mnist"
+    with pytest.raises(ValidationError):
+        DataSpec(dataset="fashion mnist")
+
+
 def test_data_spec_validation():
     with pytest.raises(ValidationError):
         DataSpec(dataset="fashion_mnist", shuffle=True)

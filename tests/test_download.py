@@ -8,8 +8,11 @@ import gzip
 import hashlib
 import io
 import pickle
+import socket
 import tarfile
 import threading
+import urllib.error
+import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -183,6 +186,112 @@ def test_checksum_table_is_complete():
         for checksum in info.files.values():
             algorithm, digest = checksum.split(":")
             assert algorithm == "md5" and len(digest) == 32 and int(digest, 16) >= 0
+        # every .gz IDX file also has the checksum of its decompressed content
+        assert set(info.payloads) == {name for name in info.files if name.endswith("-ubyte.gz")}
+        for checksum in info.payloads.values():
+            algorithm, digest = checksum.split(":")
+            assert algorithm == "sha256" and len(digest) == 64 and int(digest, 16) >= 0
+
+
+# --------------------------------------------------------------------------- offline and recompressed copies
+
+def recompressed(root: Path, into: Path) -> dict[str, str]:
+    """The .gz files of ``root`` compressed again (another level and time stamp) into ``into``;
+    returns the SHA-256 of each file's decompressed content."""
+    into.mkdir(parents=True, exist_ok=True)
+    payloads = {}
+    for path in sorted(root.glob("*.gz")):
+        payload = gzip.decompress(path.read_bytes())
+        again = gzip.compress(payload, compresslevel=1, mtime=1234567890)
+        assert again != path.read_bytes()
+        (into / path.name).write_bytes(again)
+        payloads[path.name] = "sha256:" + hashlib.sha256(payload).hexdigest()
+    return payloads
+
+
+def test_recompressed_copy_is_accepted_by_its_content(server, tmp_path):
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    sums = serve_mnist(originals)  # the checksums of the files as first published
+    payloads = recompressed(originals, server.root)  # the mirror holds the same data compressed again
+    folder = download("mnist", tmp_path / "d", base_url=server.url, progress=False, checksums=sums,
+                      payload_checksums=payloads)
+    for name in sums:
+        assert (folder / name).read_bytes() == (server.root / name).read_bytes()
+    # the published checksums alone refuse the mirror's files: the content check is what accepts them
+    with pytest.raises(DataError, match=r"checksum mismatch .*decompressed content is not sha256:0{64}"):
+        download("mnist", tmp_path / "e", base_url=server.url, progress=False, checksums=sums,
+                 payload_checksums={name: "sha256:" + "0" * 64 for name in sums})
+    # files copied in by hand are checked the same way and not fetched again
+    asked = len(server.requests)
+    copied = recompressed(originals, tmp_path / "f" / "mnist")
+    download("mnist", tmp_path / "f", base_url=server.url, progress=False, checksums=sums, payload_checksums=copied)
+    assert len(server.requests) == asked
+
+
+def test_local_folder_as_base_url(tmp_path):
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    sums = serve_mnist(originals)
+    payloads = recompressed(originals, tmp_path / "mirror")
+    for base_url in ((tmp_path / "mirror").as_uri() + "/", str(tmp_path / "mirror")):
+        dest = tmp_path / f"d{len(base_url)}"
+        folder = download("mnist", dest, base_url=base_url, progress=False, checksums=sums,
+                          payload_checksums=payloads)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(sums)
+
+
+def refuse_every_url(url, timeout=None):
+    raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+
+@pytest.mark.parametrize("dest_exists", [False, True])
+def test_offline_download_says_what_to_do_and_leaves_no_empty_folder(tmp_path, monkeypatch, dest_exists):
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_every_url)
+    dest = tmp_path / "d"
+    if dest_exists:
+        dest.mkdir()
+    result = CliRunner().invoke(app, ["data", "download", "fashion-mnist", "--dest", str(dest)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    message = result.stderr
+    assert message.startswith("error: could not download ") and "Name or service not known" in message
+    folder = dest / "fashion-mnist"
+    assert f"copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, " \
+           f"t10k-labels-idx1-ubyte.gz into {folder}/" in message
+    assert "--base-url" in message and "file:///" in message
+    assert "/usr/share/datasets/fashion-mnist/" in message
+    assert dest.exists() == dest_exists and not folder.exists()
+
+
+def test_unreachable_server_keeps_files_already_verified(server, tmp_path):
+    sums = serve_mnist(server.root)
+    folder = download("mnist", tmp_path, base_url=server.url, progress=False, checksums=sums)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    with pytest.raises(DataError, match=r"could not download .*; without a network, copy t10k-images-idx3-ubyte.gz "
+                                        r"into .*mnist/ and run this again") as e:
+        download("mnist", tmp_path, base_url=closed, progress=False, checksums=sums, timeout=5)
+    assert "/usr/share/datasets" not in str(e.value)  # Debian packages only Fashion-MNIST
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(sums) - {"t10k-images-idx3-ubyte.gz"})
+
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_debian_fashion_mnist_is_accepted_by_file_url(tmp_path):
+    info = DATASETS["fashion-mnist"]
+    for name, checksum in info.payloads.items():  # the recorded content checksums are Debian's content
+        payload = gzip.decompress((DEBIAN_FASHION_MNIST / name).read_bytes())
+        assert checksum == "sha256:" + hashlib.sha256(payload).hexdigest(), name
+    folder = download("fashion-mnist", tmp_path, base_url=DEBIAN_FASHION_MNIST.as_uri() + "/", progress=False)
+    for name in info.files:
+        assert (folder / name).read_bytes() == (DEBIAN_FASHION_MNIST / name).read_bytes()
+    bundle = load_data(DataSpec(dataset="fashion_mnist", path=str(folder), validation_split=0))
+    assert bundle.train.x.shape == (60000, 1, 28, 28) and len(bundle.test) == 10000
 
 
 def evil_member(tar: tarfile.TarFile, kind: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from nettrain.checkpoint import load_checkpoint
 from nettrain.cli import app
 from nettrain.config import load_config
 from nettrain.data import load_data, read_npz
-from nettrain.evaluate import (confusion_matrix, evaluate_checkpoint, load_trained, per_class_scores, predict,
-                               resolve_checkpoint)
+from nettrain.evaluate import (average_scores, confusion_matrix, evaluate_checkpoint, load_trained, per_class_scores,
+                               predict, resolve_checkpoint)
 from nettrain.errors import CheckpointError, DataError
 from nettrain.training import Trainer
 from tinyrun import tiny_config, tiny_config_dict, write_config
@@ -49,6 +50,23 @@ def test_confusion_matrix_and_scores_by_hand():
     assert scores["d"] == {"class": "d", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
+def test_macro_and_weighted_averages_as_scikit_learn_reports_them():
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 1, 0, 1, 1, 2, 0, 2, 1])
+    averages = average_scores(confusion_matrix(y_true, y_pred, 4))
+    # class 3 is neither a label nor a prediction, so it is left out of the macro average
+    assert averages["macro"] == pytest.approx({"precision": (2 / 3 + 1 / 2 + 1) / 3, "recall": (2 / 3 + 1 + 1 / 2) / 3,
+                                               "f1": 2 / 3, "support": 9})
+    # weighted by support 3, 2, 4: the weighted recall is the accuracy
+    assert averages["weighted"] == pytest.approx({"precision": (3 * 2 / 3 + 2 * 1 / 2 + 4 * 1) / 9,
+                                                  "recall": 6 / 9, "f1": 2 / 3, "support": 9})
+    # a class that is predicted but never a label counts in the macro average with zeros
+    y_pred[-1] = 3
+    macro = average_scores(confusion_matrix(y_true, y_pred, 4))["macro"]
+    assert macro["precision"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 0) / 4)
+    assert macro["recall"] == pytest.approx((2 / 3 + 1 + 1 / 2 + 0) / 4)
+
+
 def test_eval_report_is_consistent_with_training(run):
     report = evaluate_checkpoint(run.run_dir, "val")
     best_row = next(r for r in run.rows if r["epoch"] == run.best_epoch)
@@ -60,6 +78,8 @@ def test_eval_report_is_consistent_with_training(run):
     assert np.trace(cm) / cm.sum() == pytest.approx(report["accuracy"])
     assert report["accuracy"] <= report["top5_accuracy"] <= 1.0
     assert [c["support"] for c in report["per_class"]] == cm.sum(axis=1).tolist()
+    assert report["averages"]["weighted"]["recall"] == pytest.approx(report["accuracy"])
+    assert report["averages"]["macro"]["support"] == report["samples"]
 
 
 def test_eval_rebuilds_the_model_from_the_stored_config(run, tmp_path):
@@ -121,7 +141,8 @@ def test_eval_data_path_override(npz_run, tmp_path):
     result = runner.invoke(app, ["eval", str(run_dir), "--format", "json", "--set", f"data.path={moved}"])
     assert result.exit_code == 0, result.output
     parsed = json.loads(result.stdout)
-    assert {"accuracy", "loss", "per_class", "confusion_matrix"} <= parsed.keys()
+    assert {"accuracy", "loss", "per_class", "averages", "confusion_matrix"} <= parsed.keys()
+    assert set(parsed["averages"]) == {"macro", "weighted"}
     assert parsed["accuracy"] == report["accuracy"]
     missing = runner.invoke(app, ["eval", str(run_dir)])
     assert missing.exit_code == 2 and missing.output.startswith("error: ") and "Traceback" not in missing.output
@@ -158,6 +179,7 @@ def test_cli_eval_table_and_errors(run, tmp_path):
     result = runner.invoke(app, ["eval", str(run.run_dir), "--split", "val"])
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "confusion matrix" in result.output and "class_5" in result.output
+    assert "macro avg" in result.output and "weighted avg" in result.output
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip at all")
     broken = runner.invoke(app, ["eval", str(bad)])
@@ -166,6 +188,14 @@ def test_cli_eval_table_and_errors(run, tmp_path):
     assert wrong_split.exit_code == 2 and "--split" in wrong_split.output
     nothing = runner.invoke(app, ["predict", str(run.run_dir), str(tmp_path / "nope.png")])
     assert nothing.exit_code == 2 and "nope.png" in nothing.output
+
+
+def test_predict_missing_file_says_not_found_without_pillow(run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    for name in ("nope.png", "nope.npz", "nope"):
+        result = runner.invoke(app, ["predict", str(run.run_dir), str(tmp_path / name)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert f"{name}: file not found" in result.output and "Pillow" not in result.output
 
 
 def test_confusion_plot_written(run):

@@ -1,6 +1,6 @@
 """nettrain and PyTorch agree on the same networks with copied weights: outputs, gradients, BN statistics.
 
-The PyTorch twin is built by ``benchmarks/compare_torch.py``, so these tests
+The PyTorch twin is built by ``nettrain.export.torch_layout`` (through ``benchmarks/compare_torch.py``), so these tests
 also check the translation that the speed comparison relies on.
 """
 
@@ -19,6 +19,7 @@ from nettrain.losses import build_loss  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import compare_torch  # noqa: E402
+from nettrain.export import torch_layout  # noqa: E402
 
 RESNET_AND_STACK = """
 model:
@@ -203,7 +204,7 @@ def test_conv1d_matches_torch(kernel_path, fields):
         if conv.bias is not None:
             layer.params["bias"][...] = np.random.default_rng(1).standard_normal(fields["filters"])
             conv.bias.copy_(torch.from_numpy(layer.params["bias"]))
-    activation = compare_torch.activation_module(fields.get("activation") or "linear")
+    activation = torch_layout.activation_module(fields.get("activation") or "linear")
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((batch, channels, length)).astype(np.float32)
@@ -221,3 +222,28 @@ def test_conv1d_matches_torch(kernel_path, fields):
     np.testing.assert_allclose(layer.grads["kernel"], conv.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
     if conv.bias is not None:
         np.testing.assert_allclose(layer.grads["bias"], conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("text", [RESNET_AND_STACK, ALEXNET_LIKE, *(RECURRENT.replace("KIND", k) for k in
+                                                                     ("lstm", "gru", "simple_rnn"))],
+                         ids=["resnet_stack", "alexnet_like", "lstm", "gru", "simple_rnn"])
+def test_exported_torch_layout_loads_strictly_into_the_twin(tmp_path, text):
+    pytest.importorskip("safetensors", reason="the onnx extra is not installed (pip install 'nettrain[onnx]')")
+    from safetensors.torch import load_file
+
+    from nettrain.checkpoint import Checkpoint, architecture_signature, save_checkpoint
+    from nettrain.export import export
+    from nettrain.export.torch_layout import torch_twin
+
+    model, net = build_pair(tmp_path, text)
+    one_training_step(model, net, batch=4, seed=4)  # BatchNorm statistics and weights away from their defaults
+    save_checkpoint(tmp_path / "net.npz", Checkpoint(model.parameters(), model.buffers(), config_text=(
+        tmp_path / "net.yaml").read_text(), architecture=architecture_signature(model)))
+    export(tmp_path / "net.npz", tmp_path / "net.safetensors", layout="torch")
+    twin = torch_twin(model)
+    twin.load_state_dict(load_file(str(tmp_path / "net.safetensors")), strict=True)
+    twin.eval()
+    x = np.random.default_rng(6).standard_normal((3, *model.input_shape)).astype(np.float32)
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, model.forward(x, training=False), rtol=1e-4, atol=1e-5)

@@ -84,16 +84,21 @@ def load_config(path, overrides=()) -> Config:
     """
     source = str(path)
     p = FilePath(path)
-    if not p.is_file():
-        raise ConfigError(f"{source}: no such file" if not p.exists() else f"{source}: is a directory, not a config file")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a config file (the limit is 10 MB)")
+    return parse_config(read_yaml_text(p, source, "config file", MAX_FILE_BYTES), source, overrides, p)
+
+
+def read_yaml_text(path: FilePath, source: str, what: str, max_bytes: int) -> str:
+    """The text of a YAML file (a ``what``: "config file", "sweep spec"), or one ConfigError line saying why not."""
+    if not path.is_file():
+        raise ConfigError(f"{source}: no such file" if not path.exists() else f"{source}: is a directory, not a {what}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a {what} "
+                          f"(the limit is {max_bytes // (1024 * 1024)} MB)")
     try:
-        text = p.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start}); is this a config file?") from None
+        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start}); is this a {what}?") from None
     except OSError as e:
         raise ConfigError(f"{source}: cannot read ({e.strerror})") from None
-    return parse_config(text, source, overrides, p)
 

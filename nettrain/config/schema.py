@@ -140,6 +140,10 @@ class OutputSpec(StrictModel):
         "the metric that picks the epoch saved as `best.npz` (a column of `metrics.csv`, as for early stopping)"))
     mode: Literal["min", "max"] = Field("max", description="`max`: higher `monitor` is better; `min`: lower")
     plots: bool = Field(True, description="draw `curves.png` (loss and accuracy per epoch; needs matplotlib)")
+    tensorboard: bool = Field(False, description="write TensorBoard event files into `RUN/tensorboard/` "
+                              "(needs `pip install 'nettrain[tensorboard]'`)")
+    histograms_every: Optional[PositiveInt] = Field(None, description="epochs between weight and gradient "
+                                                    "histograms in the TensorBoard logs; null: none")
 
 
 class Config(StrictModel):

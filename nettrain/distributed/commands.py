@@ -259,7 +259,7 @@ def evaluate(checkpoint: Path, split: str, overrides: list[str]) -> tuple[int, d
             data = load_split(trained, split)
             digest = hashlib.sha256()
             hash_split(digest, data)
-            agree(comm, {"version": __version__, "config": config_hash(trained.checkpoint.config_text),
+            agree(comm, {"version": __version__, "config": config_hash(trained.config.to_yaml()),
                          "data": digest.hexdigest()})
             return trained, data
 
@@ -268,8 +268,9 @@ def evaluate(checkpoint: Path, split: str, overrides: list[str]) -> tuple[int, d
         batch_size = int(getattr(config.train, "eval_batch_size", None) or config.train.batch_size)
         report = evaluate_model(trained.model, data, trained.classes, config.train.loss, batch_size,
                                 loop_class=partial(DistributedEvalLoop, comm=comm))
-        outcome["report"] = {"checkpoint": str(trained.path), "split": split, "epoch": trained.checkpoint.epoch,
-                             **report}
+        ckpt = trained.checkpoint
+        outcome["report"] = {"checkpoint": str(trained.path), "split": split, "epoch": ckpt.epoch,
+                             "batch": ckpt.batch, **report}
         return 0
 
     code = on_every_rank(comm, body)

@@ -120,6 +120,8 @@ def process_fingerprint() -> dict[str, Any]:
 class QuietRecorder(RunRecorder):
     """The run folder as ranks other than 0 hold it: its path and rows, nothing read or written."""
 
+    writes = False
+
     def __init__(self, path: str):
         super().__init__(RunDir(path), [], plots=False)
 

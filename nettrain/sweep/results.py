@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import NettrainError
-from ..runs import read_metrics, timestamp, write_json, write_text_atomic
+from ..runs import fresh_folder, read_metrics, write_json, write_text_atomic
 
 COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped early", "failed", "unfinished"
 
@@ -80,11 +80,7 @@ class SweepFolder:
                 raise NettrainError(f"{folder.path} already holds a sweep; continue it with "
                                     f"nettrain sweep --resume {folder.path}, or set output.dir to a new folder")
         else:
-            base = Path(root) / f"{name}-{timestamp()}"
-            folder, n = cls(base), 1
-            while folder.path.exists():  # two sweeps started in the same second
-                n += 1
-                folder = cls(f"{base}-{n}")
+            folder = cls(fresh_folder(root, name))
         try:
             folder.trials.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -36,6 +36,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
                       ValidationError, field_validator, model_validator)
 
 from ..config import load_config
+from ..config.loader import read_yaml_text
 from ..config.messages import suggest
 from ..config.overrides import parse_override
 from ..config.yamltree import Node, Where, format_path, from_plain, node_at, parse_yaml, to_plain, where_text
@@ -209,17 +210,7 @@ def yaml_value(value: Any) -> str:
 
 # ============================================================================ loading
 def read_spec_text(path: Path, source: str) -> str:
-    if not path.is_file():
-        raise ConfigError(f"{source}: no such file" if not path.exists() else f"{source}: is a directory, not a sweep spec")
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a sweep spec (the limit is 1 MB)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start}); is this a sweep spec?") from None
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read ({e.strerror})") from None
+    text = read_yaml_text(path, source, "sweep spec", MAX_SPEC_BYTES)
     if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
         raise ConfigError(f"{source}: the file is empty; a sweep spec needs at least base: and space:")
     return text

@@ -16,8 +16,11 @@ class RunRecorder:
     ``config.yaml`` and ``summary.json`` at the start, one metric row per epoch in
     ``metrics.csv``/``metrics.jsonl``, ``checkpoints/last.npz`` after every epoch (and
     on a stop), ``best.npz`` when the monitored metric improves, ``curves.png`` when
-    ``plots``. ``rows`` holds the rows written so far.
+    ``plots``. ``rows`` holds the rows written so far. ``writes`` is False for a recorder
+    that writes nothing (the other ranks of a data-parallel run).
     """
+
+    writes = True
 
     def __init__(self, run: RunDir, columns: Iterable[str], plots: bool = True):
         self.run = run

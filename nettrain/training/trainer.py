@@ -42,7 +42,9 @@ from ..errors import CheckpointError, ConfigError, TrainingError
 from ..losses import build_loss
 from ..optimizers import build_optimizer
 from ..runs import METRIC_COLUMNS
+from ..plots import PLOT_EXTRA, plotting_available
 from ..schedules import build_schedule
+from ..treediff import changed_keys
 from .evaluation import EvalLoop
 from .monitors import BestTracker, EarlyStopping, monitored_metric
 from .recorder import RunRecorder
@@ -74,19 +76,16 @@ def _top_ks(config, num_classes: int) -> list[int]:
     return ks
 
 
-def _same_training(config, saved_text: str) -> bool:
-    """Whether a checkpoint's config equals ``config`` apart from train.epochs (which --epochs may raise)."""
+def _training_changes(config, saved_text: str) -> list[str]:
+    """The keys in which ``config`` differs from a checkpoint's config, apart from train.epochs
+    (which --epochs may raise)."""
     try:
         saved = yaml.safe_load(saved_text)
     except yaml.YAMLError:
-        return False
-    current = config.resolved
+        saved = None
     if not isinstance(saved, dict):
-        return False
-    for d in (saved, current):
-        if isinstance(d.get("train"), dict):
-            d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
-    return saved == current
+        return ["(the saved config cannot be read)"]
+    return [key for key in changed_keys(saved, config.resolved) if key != "train.epochs"]
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -144,6 +143,10 @@ class Trainer:
         self.skipped_steps = 0
         self.stop = StopRequest()
         self._open_run(resume)
+        if getattr(config.output, "tensorboard", False) and self.recorder.writes:  # event files in RUN/tensorboard/
+            from ..tensorboard_log import with_tensorboard
+
+            self.reporter = with_tensorboard(self.reporter, self)
 
     def _open_run(self, resume: str | Path | None) -> None:
         """A new run folder with the config and summary, or ``resume``'s with its state restored."""
@@ -234,9 +237,10 @@ class Trainer:
         if ckpt.batch > self.steps_per_epoch:
             raise CheckpointError(f"{self.run.last}: cursor at batch {ckpt.batch} of {self.steps_per_epoch}; "
                                   "the data or train.batch_size changed since it was saved")
-        if not _same_training(self.config, ckpt.config_text):
-            self.reporter.note(f"the config differs from the one {self.run.last} was saved with; "
-                               "continuing with the config given now")
+        changed = _training_changes(self.config, ckpt.config_text)
+        if changed:
+            self.reporter.note(f"the config differs from the one {self.run.last} was saved with in "
+                               f"{', '.join(changed)}; continuing with the config given now")
         self.recorder.write_config(self.config_text)
 
     # -- steps ----------------------------------------------------------------
@@ -314,6 +318,8 @@ class Trainer:
 
     def _train_epochs(self) -> str:
         """The epochs still to train; returns why they ended (as TrainResult.stopped)."""
+        if getattr(self.config.output, "plots", True) and not plotting_available():
+            self.reporter.note(f"no curves.png without matplotlib; {PLOT_EXTRA} adds it")
         if self.epoch >= self.epochs and self.global_step > 0:
             self.reporter.note(f"the run already trained {self.epoch} epochs; "
                                "raise train.epochs (--epochs N) to continue it")
