@@ -7,6 +7,7 @@ tested without MPI in test_distributed_parts.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -92,9 +93,12 @@ def one_process(tmp_path_factory):
 
 
 def test_two_ranks_train_the_batchnorm_model_as_one_process_does(one_process, tmp_path):
-    done = run(mpiexec_argv(2, [*QUICKSTART, "--set", "train.epochs=1", "--set", f"output.root={tmp_path}"]))
+    logs = ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
+    done = run(mpiexec_argv(2, [*QUICKSTART, "--set", "train.epochs=1", "--set", f"output.root={tmp_path}", *logs]))
     assert done.returncode == 0, done.stderr
     folder = only_folder(tmp_path)  # rank 1 made no run folder of its own
+    if logs:
+        assert len(list((folder / "tensorboard").iterdir())) == 1  # one event file, rank 0's
     assert_close(weights(one_process), weights(folder))
     assert len((folder / "metrics.csv").read_text().splitlines()) == 2  # the epoch's row, written once
     assert done.stdout.count("run folder") == 2  # the header and the last line, from rank 0 only

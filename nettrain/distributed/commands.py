@@ -53,7 +53,7 @@ def configure_threads(comm) -> str:
     from ..kernels.pool import available_cores
 
     if os.environ.get("NETTRAIN_THREADS", "").strip():
-        return "NETTRAIN_THREADS"
+        return "set by NETTRAIN_THREADS"
     cores, ranks_here = available_cores(), comm.ranks_on_host()
     if cores < (os.cpu_count() or cores):  # mpiexec bound this rank to its own cores
         threads, how = cores, f"the {cores} core(s) mpiexec bound this rank to"
@@ -146,6 +146,7 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
         return 2
     threads_how = configure_threads(comm)
     stop = CollectiveStop()
+    console: list[RanksConsoleReporter] = []
 
     def body() -> int:
         def setup():
@@ -153,15 +154,16 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
             from .trainer import DistributedTrainer
 
             cfg = load_config(config, overrides)
-            reporter = (RanksConsoleReporter(threads_how, quiet=quiet, log_every=cfg.train.log_every)
-                        if comm.is_root else Reporter())
+            if comm.is_root:
+                console.append(RanksConsoleReporter(threads_how, quiet=quiet, log_every=cfg.train.log_every))
+            reporter = console[0] if console else Reporter()
             return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter, stop=stop)
 
         with stop.handling_signals():  # from the start: a signal during set-up stops after the first step
             trainer = set_up(comm, setup)
             result = trainer.fit(handle_signals=False)
         if comm.is_root:
-            out = trainer.reporter.console
+            out = console[0].console
             if result.best_value is not None:
                 out.print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}")
             if result.stopped == "interrupted":
