@@ -34,13 +34,12 @@ class _Group:
 
 
 class ThreadComm:
-    def __init__(self, group: _Group, rank: int, ranks_on_host: int | None = None):
+    def __init__(self, group: _Group, rank: int):
         self.group = group
         self.rank = rank
         self.size = group.size
         self.agreed = False
         self.calls: list[str] = []  # the collectives this rank took part in, in order
-        self._ranks_on_host = ranks_on_host or group.size
 
     @property
     def is_root(self) -> bool:
@@ -70,9 +69,6 @@ class ThreadComm:
 
     def bcast(self, obj=None, root: int = 0):
         return self._exchange("bcast", obj)[root]
-
-    def ranks_on_host(self) -> int:
-        return self._ranks_on_host
 
     def abort(self, code: int) -> None:
         self.group.barrier.abort()

@@ -352,8 +352,11 @@ def test_the_launcher_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
     assert (launch.launched_size(), launch.launched_rank(), launch.is_parallel_launch()) == (4, 3, True)
-    assert launch.default_threads(ranks_on_host=4, cores=2) == 1
-    assert launch.default_threads(ranks_on_host=2, cores=16) == 8
+    two, sixteen = set(range(2)), set(range(16))
+    assert launch.default_threads(two, [two] * 4)[0] == 1  # more ranks than cores: one thread each
+    assert launch.default_threads(sixteen, [sixteen] * 2)[0] == 8  # shared cores, shared out
+    assert launch.default_threads({4, 5, 6, 7}, [{0, 1, 2, 3}, {4, 5, 6, 7}])[0] == 4  # bound by mpiexec
+    assert launch.default_threads(sixteen, [sixteen])[0] == 16
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

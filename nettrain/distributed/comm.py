@@ -26,7 +26,6 @@ class Communicator:
         self.MPI = MPI
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self._ranks_on_host: int | None = None
         self.agreed = False  # set once every rank has set up alike (see nettrain.distributed.trainer.agree)
 
     @property
@@ -59,14 +58,6 @@ class Communicator:
         return self.comm.bcast(obj, root=root)
 
     # -- the job ------------------------------------------------------------------
-    def ranks_on_host(self) -> int:
-        """How many ranks share this host's memory (and cores)."""
-        if self._ranks_on_host is None:
-            local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
-            self._ranks_on_host = local.Get_size()
-            local.Free()
-        return self._ranks_on_host
-
     def abort(self, code: int) -> None:
         """End every rank of the job now with exit ``code`` (MPI_Abort); never returns.
 

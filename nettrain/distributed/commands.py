@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import traceback
 from functools import partial
@@ -50,16 +51,17 @@ def connect():
 
 def configure_threads(comm) -> str:
     """Set this rank's worker threads (NETTRAIN_THREADS) unless the user did; returns how they were chosen."""
-    from ..kernels.pool import available_cores
-
     if os.environ.get("NETTRAIN_THREADS", "").strip():
+        comm.allgather(None)  # every rank takes part, whichever way it decides
         return "set by NETTRAIN_THREADS"
-    cores, ranks_here = available_cores(), comm.ranks_on_host()
-    if cores < (os.cpu_count() or cores):  # mpiexec bound this rank to its own cores
-        threads, how = cores, f"the {cores} core(s) mpiexec bound this rank to"
-    else:
-        threads = default_threads(ranks_here, cores)
-        how = f"{cores} cores shared by {ranks_here} ranks on this host; set NETTRAIN_THREADS to change"
+    try:
+        mine = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        mine = set(range(os.cpu_count() or 1))
+    host = socket.gethostname()
+    everyone = comm.allgather((host, mine))
+    on_this_host = [entry[1] for entry in everyone if entry is not None and entry[0] == host]
+    threads, how = default_threads(mine, on_this_host or [mine])
     os.environ["NETTRAIN_THREADS"] = str(threads)
     return how
 

@@ -71,6 +71,16 @@ def require_mpi4py():
     return MPI
 
 
-def default_threads(ranks_on_host: int, cores: int) -> int:
-    """Worker threads per rank when NETTRAIN_THREADS is not set: the host's cores shared by its ranks."""
-    return max(1, cores // max(1, ranks_on_host))
+def default_threads(mine: set[int], on_this_host: list[set[int]]) -> tuple[int, str]:
+    """Worker threads per rank when NETTRAIN_THREADS is not set, and why.
+
+    ``mine``: the CPUs this rank may run on; ``on_this_host``: those of every rank on
+    its host (this one included). Ranks that mpiexec bound to disjoint CPUs use theirs;
+    ranks that share CPUs share them out, one thread at least.
+    """
+    ranks = len(on_this_host)
+    disjoint = sum(len(cpus) for cpus in on_this_host) == len(set().union(*on_this_host))
+    if disjoint and ranks > 1:
+        return len(mine), f"the {len(mine)} core(s) mpiexec bound this rank to"
+    threads = max(1, len(mine) // ranks)
+    return threads, f"{len(mine)} cores shared by {ranks} ranks on this host; set NETTRAIN_THREADS to change"

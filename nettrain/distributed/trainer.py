@@ -229,7 +229,7 @@ class DistributedTrainer(Trainer):
         """Every rank should hold rank 0's weights bit for bit; one that drifted gets rank 0's again."""
         crc = 0
         for a in self.replica_state():
-            crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8), crc)
+            crc = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), crc)
         crcs = self.comm.allgather(crc)
         drifted = [rank for rank, c in enumerate(crcs) if c != crcs[0]]
         if not drifted:
