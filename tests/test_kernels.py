@@ -44,6 +44,34 @@ def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation)
         assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(shape[2:], stride))
 
 
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
+def test_im2row_and_row2im_are_im2col_and_col2im_with_the_channels_last(shape, filters, kernel, stride, padding,
+                                                                      dilation):
+    from nettrain.kernels import reference
+
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    layer.build(shape[1:], np.random.default_rng(0))
+    g, n, (kh, kw) = layer.geometry, shape[0], kernel
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    cols = reference.im2col(x, g, np.empty((g.rows, n * g.pixels), np.float32))
+    rows = reference.im2row(x, g, np.full((n * g.pixels, g.rows), np.nan, np.float32))
+    as_rows = cols.reshape(shape[1], kh, kw, -1).transpose(3, 1, 2, 0).reshape(n * g.pixels, -1)
+    np.testing.assert_array_equal(rows, as_rows)
+    drows = np.random.default_rng(2).standard_normal(rows.shape).astype(np.float32)
+    dcols = np.ascontiguousarray(drows.reshape(-1, kh, kw, shape[1]).transpose(3, 1, 2, 0)).reshape(g.rows, -1)
+    np.testing.assert_allclose(reference.row2im(drows, g, np.full_like(x, np.nan)),
+                               reference.col2im(dcols, g, np.empty_like(x)), rtol=1e-6, atol=1e-6)
+    z = np.random.default_rng(3).standard_normal((n * g.pixels, filters)).astype(np.float32)
+    bias = np.arange(filters, dtype=np.float32)
+    np.testing.assert_array_equal(reference.rows_to_images(z, bias, np.empty((n, filters, g.pixels), np.float32)),
+                                  reference.samples_major(np.ascontiguousarray(z.T), bias,
+                                                          np.empty((n, filters, g.pixels), np.float32)))
+    y = z.reshape(n, g.pixels, filters).transpose(0, 2, 1).copy()
+    np.testing.assert_array_equal(reference.images_to_rows(y, np.empty_like(z)), z)
+
+
 POOL_CASES = [
     ((2, 3, 8, 8), (2, 2), (2, 2), "valid"),  # non-overlapping
     ((2, 3, 25, 25), (3, 3), (2, 2), "valid"),  # overlapping (AlexNet-like)
