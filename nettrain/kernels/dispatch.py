@@ -81,7 +81,8 @@ def _load_compiled() -> SimpleNamespace:
         from . import compiled
     except ImportError as err:
         raise ImportError(f"the fast kernels need numba: pip install 'nettrain[fast]' ({err})") from err
-    return build_kernel_set(COMPILED, compiled.KERNELS, compiled.DTYPES, fallback=NUMPY, conv_layout=compiled.CONV_LAYOUT)
+    return build_kernel_set(COMPILED, compiled.KERNELS, compiled.DTYPES, fallback=NUMPY,
+                            conv_layout=compiled.CONV_LAYOUT)
 
 
 LOADERS: dict[str, Callable[[], SimpleNamespace]] = {REFERENCE: lambda: NUMPY, COMPILED: _load_compiled}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import shifted
 from .geometry import ConvGeometry
 from .pool import batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch, split_workers
 
@@ -23,13 +24,22 @@ ROWS_CHUNK_FACTOR = 2
 """Channels-last chunks hold half the bytes of channels-first ones (measured faster)."""
 
 MIN_CHANNELS = 8
-"""Fewer input channels than this (an RGB first layer) run im2col, channels first: their rows copy
-poorly (measured)."""
+"""Fewer input channels than this (an RGB first layer) always run im2col, channels first: their
+rows copy poorly and their per-offset GEMMs are too thin (measured)."""
+
+SHIFTED_MAX_OFFSETS = 9
+"""Stride-1 kernels with up to this many offsets (3x3) run :mod:`.shifted` on a channels-first set."""
 
 
 def channels_last(g: ConvGeometry, ops) -> bool:
     """Whether a convolution of geometry ``g`` runs its GEMMs channels last with kernel set ``ops``."""
     return getattr(ops, "conv_layout", "columns") == "rows" and g.in_chw[0] >= MIN_CHANNELS
+
+
+def by_offsets(g: ConvGeometry, ops) -> bool:
+    """Whether a convolution runs one GEMM per kernel offset (:mod:`.shifted`) instead of im2col."""
+    return (getattr(ops, "conv_layout", "columns") == "columns" and shifted.applies(g)
+            and g.kernel[0] * g.kernel[1] <= SHIFTED_MAX_OFFSETS and g.in_chw[0] >= MIN_CHANNELS)
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
@@ -38,11 +48,14 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
 
     The GEMM runs channels first, (F, C*kh*kw) x (C*kh*kw, n*OH*OW) after im2col, or, where
     the kernel set prefers it (:func:`channels_last`), channels last, (n*OH*OW, kh*kw*C) x
-    (kh*kw*C, F) after im2row, which suits a BLAS better when F is small. With a
-    ``keep_cols`` dict, each chunk's patch matrix is kept there (keyed by its sample range)
-    for :func:`conv2d_backward`, which then need not build it again; arrays already in it
-    are written over.
+    (kh*kw*C, F) after im2row, which suits a BLAS better when F is small. Small stride-1
+    kernels on a channels-first set skip the patch matrix: one GEMM per kernel offset
+    (:func:`by_offsets`, :mod:`.shifted`). With a ``keep_cols`` dict, each chunk's patch
+    matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
+    then need not build it again; arrays already in it are written over.
     """
+    if by_offsets(g, ops):
+        return shifted.conv2d_forward(x, kernel, bias, g)
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
     return drive(x, kernel, bias, g, ops, keep_cols)
 
@@ -57,6 +70,8 @@ def conv2d_backward(
     gradient by one GEMM, then (if ``input_grad``) the patches' gradient by another and
     col2im/row2im; in the layout :func:`conv2d_forward` used.
     """
+    if by_offsets(g, ops):
+        return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
     return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
 

@@ -12,7 +12,8 @@ from ..geometry import ConvGeometry
 from ..pool import scratch
 from .jit import jit
 
-__all__ = ["im2col", "col2im", "samples_major", "channels_major", "im2row", "row2im", "rows_to_images", "images_to_rows"]
+__all__ = ["im2col", "col2im", "samples_major", "channels_major", "im2row", "row2im", "rows_to_images",
+           "images_to_rows"]
 
 
 @jit(inline="always")
