@@ -158,8 +158,8 @@ def benchmark(
 
     Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
     numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
-    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb`` and ``layers`` (rows of
-    :meth:`LayerTimer.rows`).
+    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb``, ``layers`` (rows of
+    :meth:`LayerTimer.rows` with the GFLOP/s of :func:`flop_rates`) and that function's totals.
     """
     from .builder import build_model
 
@@ -187,6 +187,7 @@ def benchmark(
         with timer.installed():
             _timed(train_step, layer_steps)
     train_s, forward_s = statistics.median(train_times), statistics.median(forward_times)
+    rows = timer.rows(layer_steps)
     return {
         "config": config.run_name,
         "batch_size": batch_size,
@@ -201,6 +202,49 @@ def benchmark(
         "forward_img_per_s": batch_size / forward_s,
         "forward_ms": 1e3 * forward_s,
         "peak_rss_mb": peak_rss_mb(),
-        "layers": timer.rows(layer_steps),
-    }
+        "layers": rows,
+    } | flop_rates(model, rows, batch_size, train_s, forward_s)
 
+
+
+# -- achieved GFLOP/s against the machine's sgemm peak ------------------------------------
+def sgemm_peak_gflops(threads: int, size: int = 1536, repeats: int = 3) -> float:
+    """The best GFLOP/s of a float32 ``size`` x ``size`` np.matmul with the BLAS on ``threads`` threads."""
+    from .kernels import blas
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    before = blas().get()
+    blas().set(threads)
+    try:
+        best = min(_timed(lambda: np.matmul(a, a, out=out), repeats + 1)[1:])
+    finally:
+        blas().set(before)
+    return 2 * size**3 / best / 1e9
+
+
+def flop_rates(model: Model, rows: list[dict[str, Any]], batch_size: int, train_s: float,
+               forward_s: float) -> dict[str, Any]:
+    """GFLOP/s per layer (into ``rows``: ``forward_gflops``, ``backward_gflops``; None without MACs) and overall.
+
+    A multiply-accumulate is 2 FLOPs; backward does 2 per MAC for the weight gradient and
+    2 more for the input gradient, which training skips for the first layer. Returns ``train_gflops``,
+    ``forward_gflops`` (whole model), ``sgemm_peak_gflops`` (measured here at the worker
+    thread count) and ``peak_fraction`` (the training step's share of that peak).
+    """
+    layers, first = dict(model.named_layers()), model.first_leaf()
+    train_flops = 0.0
+    for row in rows:
+        layer = layers[row["name"]]
+        macs = 0 if layer.children() else layer.macs() * batch_size
+        forward, backward = 2.0 * macs, (2.0 if layer is first else 4.0) * macs
+        train_flops += forward + backward
+        row["forward_gflops"] = forward / row["forward_ms"] / 1e6 if macs and row["forward_ms"] > 0 else None
+        row["backward_gflops"] = backward / row["backward_ms"] / 1e6 if macs and row["backward_ms"] > 0 else None
+    peak = sgemm_peak_gflops(chunk_workers())
+    return {
+        "train_gflops": train_flops / train_s / 1e9,
+        "forward_gflops": 2.0 * model.macs() * batch_size / forward_s / 1e9,
+        "sgemm_peak_gflops": peak,
+        "peak_fraction": train_flops / train_s / 1e9 / peak,
+    }

@@ -384,11 +384,14 @@ def _print_bench(result) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result['config']}: time per layer (own time, per step)", title_justify="left")
-    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share", "GFLOP/s f/b"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right",
+                         min_width=max(len(row["name"]) for row in result["layers"]) if column == "layer" else None)
+    rate = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     for row in result["layers"]:
         table.add_row(row["name"], row["type"], f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}",
-                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%")
+                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%",
+                      f"{rate(row.get('forward_gflops'))}/{rate(row.get('backward_gflops'))}")
     Console().print(table)
     rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
     for line in (
@@ -397,6 +400,9 @@ def _print_bench(result) -> None:
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
         f"peak memory (RSS): {rss}",
+        f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
+        f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
+        f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {result['threads']} threads)",
     ):
         typer.echo(line)
 

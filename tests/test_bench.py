@@ -143,3 +143,32 @@ def test_bench_runs_the_training_step_and_its_guard(cnn_config, tmp_path):
     result = CliRunner().invoke(app, ["bench", str(diverging), "--batch-size", "4", "--steps", "3", "--warmup", "0"])
     assert result.exit_code == 2 and result.output.count("error:") == 1 and "Traceback" not in result.output
     assert "went non-finite on random inputs" in result.output and "train.optimizer.lr" in result.output
+
+
+def test_benchmark_reports_gflops_per_layer_and_the_share_of_the_sgemm_peak(cnn_config):
+    config = load_config(cnn_config)
+    result = benchmark(config, batch_size=4, steps=2, warmup=0)
+    model = build_model(config)
+    layers = dict(model.named_layers())
+    rows = {row["name"]: row for row in result["layers"]}
+    first = model.first_leaf()
+    for name, layer in layers.items():
+        row = rows[name]
+        if layer.children() or layer.macs() == 0:
+            assert row["forward_gflops"] is None and row["backward_gflops"] is None, name
+            continue
+        flops = 2 * layer.macs() * 4
+        assert row["forward_gflops"] == pytest.approx(flops / row["forward_ms"] / 1e6)
+        backward = flops if layer is first else 2 * flops  # the first layer has no input gradient
+        assert row["backward_gflops"] == pytest.approx(backward / row["backward_ms"] / 1e6)
+    assert rows["conv2d_1"]["forward_gflops"] is not None and rows["dense_1"]["backward_gflops"] is not None
+    assert result["forward_gflops"] == pytest.approx(2 * model.macs() * 4 / result["forward_ms"] / 1e6)
+    assert result["sgemm_peak_gflops"] > 0
+    assert result["peak_fraction"] == pytest.approx(result["train_gflops"] / result["sgemm_peak_gflops"])
+    assert 0 < result["train_gflops"]
+
+
+def test_bench_table_shows_gflops_and_the_peak(cnn_config):
+    result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "2", "--steps", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "GFLOP/s" in result.output and "sgemm peak" in result.output
