@@ -235,32 +235,41 @@ def _print_layers(reference) -> None:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="the YAML config to train"),
+    config: Optional[Path] = typer.Argument(None, help="the YAML config to train (optional with --resume)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
+    allow_changes: bool = typer.Option(False, "--allow-changes",
+                                       help="resume even with another architecture or schedule length"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train.epochs: epochs in total"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="train.batch_size"),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="train.optimizer.lr"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="train.seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="worker threads (sets NETTRAIN_THREADS); default: one per core"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard logs into RUN/tensorboard/"),
 ) -> None:
-    """Train a config; write a run folder with checkpoints and metrics."""
-    from .config import load_config
+    """Train a config; write a run folder with checkpoints and metrics. Continue one with --resume RUN_DIR."""
+    from .commands.training import print_aborted, resume_command, set_threads, train_config, train_overrides
     from .errors import NettrainError
     from .console import ConsoleReporter
     from .training import Trainer
 
-    overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
-    overrides += ["output.tensorboard=true"] if tensorboard else []
+    set_threads(threads)
+    overrides = train_overrides(set_, tensorboard, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    trainer = None
     try:
-        cfg = load_config(config, overrides)
+        cfg = train_config(config, resume, overrides)
         reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)
-        result = Trainer(cfg, resume=resume, reporter=reporter).fit()
+        trainer = Trainer(cfg, resume=resume, reporter=reporter, allow_changes=allow_changes)
+        result = trainer.fit()
     except NettrainError as e:
         _fail(e)
     except MemoryError:
-        _out_of_memory(f"{config}: the model or the data does not fit in memory; "
+        _out_of_memory(f"{config or resume}: the model or the data does not fit in memory; "
                        "lower train.batch_size, layer sizes or data.subset")
     except KeyboardInterrupt:  # a second Ctrl-C: checkpoints are written atomically, so none is broken
-        typer.echo("aborted; checkpoints already written are intact (they are replaced atomically)", err=True)
+        print_aborted(trainer)
         raise typer.Exit(130) from None
     out = reporter.console
     if result.best_value is not None:
@@ -269,7 +278,7 @@ def train(
         epoch, batch = result.cursor
         at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
         typer.echo(f"interrupted at {at}; saved {result.run_dir / 'checkpoints' / 'last.npz'}", err=True)
-        typer.echo(f"resume with: nettrain train {config} --resume {result.run_dir}", err=True)
+        typer.echo(f"resume with: {resume_command(result.run_dir)}", err=True)
         raise typer.Exit(result.exit_code)
     out.print(f"run folder: {result.run_dir}")
 

@@ -722,7 +722,7 @@ def _(tmp, trained):
         assert load_checkpoint(last).epoch == 2
         assert (run / "metrics.csv").read_text() == rows_before
 
-    return Bad(["train", str(config), "--resume", str(run), "--epochs", "4", "--quiet",
+    return Bad(["train", str(config), "--resume", str(run), "--epochs", "4", "--allow-changes", "--quiet",
                 "--set", "train.optimizer.lr=1.0e+30"],
                "last.npz", r"at epoch 3, step \d+ \(global step \d+\): first non-finite (output in layer|"
                            r"gradient of parameter) '[\w.]+'; lower the learning rate.*last good checkpoint is",
