@@ -328,18 +328,18 @@ def evaluate_command(
 @app.command()
 def predict(
     checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
-    files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
-    format: str = typer.Option("table", "--format", help="table or json"),
-    top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
+    files: list[Path] = typer.Argument(..., help="images, .npz files (array 'x'), .npy arrays, or folders of them"),
+    format: str = typer.Option("table", "--format", help="table, json or csv"),
+    top: int = typer.Option(3, "--top-k", "--top", min=1, help="how many classes to list per input"),
 ) -> None:
-    """Classify images or .npz batches with a trained checkpoint."""
+    """Classify images, .npz/.npy arrays (one sample or a batch) or every such file of a folder."""
     from .errors import NettrainError
     from .evaluate import load_trained, predict as predict_files
-    from .console import print_predictions
+    from .console import prediction_csv_rows, print_predictions
 
     try:
-        if format not in ("table", "json"):
-            raise _usage(f"--format must be table or json, got {format!r}")
+        if format not in ("table", "json", "csv"):
+            raise _usage(f"--format must be table, json or csv, got {format!r}")
         results = predict_files(load_trained(checkpoint), files, top=top)
     except NettrainError as e:
         _fail(e)
@@ -349,6 +349,11 @@ def predict(
         import json
 
         typer.echo(json.dumps(results, indent=2))
+    elif format == "csv":
+        import csv
+        import sys
+
+        csv.writer(sys.stdout, lineterminator="\n").writerows(prediction_csv_rows(results))
     else:
         print_predictions(results)
 

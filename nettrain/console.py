@@ -152,12 +152,21 @@ def print_eval_table(report: dict[str, Any], png: Path | None = None, console: C
 
 
 def print_predictions(results: list[dict[str, Any]], console: Console | None = None) -> None:
-    """One row per input: the predicted class, its probability and the runners-up."""
+    """One row per input: the predicted class (index and name), its probability and the runners-up."""
     console = console or Console(highlight=False, soft_wrap=True)
     table = Table()
-    for col in ("input", "class", "probability", "next"):
-        table.add_column(col, justify="right" if col == "probability" else "left")
+    for col in ("file", "class", "name", "probability", "next"):
+        table.add_column(col, justify="right" if col in ("class", "probability") else "left")
     for r in results:
-        runners = ", ".join(f"{escape(t['class'])} {t['probability']:.3f}" for t in r["top"][1:])
-        table.add_row(escape(r["input"]), escape(r["class"]), f"{r['probability']:.3f}", runners)
+        runners = ", ".join(f"{escape(t['name'])} {t['probability']:.3f}" for t in r["top_k"][1:])
+        table.add_row(escape(r["file"]), str(r["class"]), escape(r["name"]), f"{r['probability']:.3f}", runners)
     console.print(table)
+
+
+def prediction_csv_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """``file,class,name,probability,top_k`` with top_k as ``name:probability`` pairs joined by ``;``."""
+    rows: list[list[Any]] = [["file", "class", "name", "probability", "top_k"]]
+    for r in results:
+        top = ";".join(f"{t['name']}:{t['probability']:.6f}" for t in r["top_k"])
+        rows.append([r["file"], r["class"], r["name"], f"{r['probability']:.6f}", top])
+    return rows

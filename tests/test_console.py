@@ -75,8 +75,9 @@ def test_eval_table():
 
 def test_predictions_table():
     console = recording_console()
-    print_predictions([{"input": "a.png", "class": "dog", "probability": 0.75,
-                        "top": [{"class": "dog", "probability": 0.75}, {"class": "cat", "probability": 0.2}]}],
+    print_predictions([{"file": "a.png", "class": 1, "name": "dog", "probability": 0.75,
+                        "top_k": [{"class": 1, "name": "dog", "probability": 0.75},
+                                  {"class": 0, "name": "cat", "probability": 0.2}]}],
                       console)
     out = text(console)
     assert "a.png" in out and "dog" in out and "0.750" in out and "cat 0.200" in out
