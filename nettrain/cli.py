@@ -172,16 +172,18 @@ def _print_summary(summary) -> None:
         table.add_row(*(Text(c, style="dim" if row.depth else "") for c in cells))
     console = _wide_enough(table)
     console.print(table)
-    m = summary.memory_mb
+    m = summary.memory_mib
     lines = [
         f"total params: {summary.total_params:,}",
         f"trainable params: {summary.trainable_params:,}",
         f"non-trainable params: {summary.non_trainable_params:,}",
         f"MACs per sample: {summary.total_macs:,} ({summary.total_macs / 1e6:.2f} M)",
-        f"memory (MB, float32, batch {summary.batch_size}):",
+        f"memory (MiB, float32, batch {summary.batch_size}):",
         f"  parameters {m['parameters']:.2f}, gradients {m['gradients']:.2f}, "
         f"optimizer state {m['optimizer_state']:.2f} ({summary.optimizer_slots} slot(s) per parameter)",
-        f"  activations {m['activations_forward']:.2f} forward, {m['activations_training']:.2f} training",
+        f"  inputs {m['inputs']:.2f}; activations {m['activations_forward']:.2f} forward; training: outputs kept "
+        f"{m['outputs_kept']:.2f}, cached for backward {m['cached_for_backward']:.2f}, gradients in backward "
+        f"{m['backward_gradients']:.2f}, kernel scratch {m['kernel_scratch']:.2f}",
         f"  total for training {m['total_training']:.2f}",
     ]
     if stats:
@@ -404,13 +406,14 @@ def _print_bench(result) -> None:
         table.add_row(row["name"], row["type"], f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}",
                       f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%")
     Console().print(table)
-    rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
+    rss = "-" if result["peak_rss_mib"] is None else f"{result['peak_rss_mib']:.0f}"
+    traced = "-" if result["peak_traced_mib"] is None else f"{result['peak_traced_mib']:.1f}"
     for line in (
         f"kernels: {result['kernels']}, threads: {result['threads']} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
-        f"peak memory (RSS): {rss}",
+        f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}",
     ):
         typer.echo(line)
 

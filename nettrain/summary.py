@@ -18,15 +18,21 @@ from .layers import Layer, format_shape
 from .model import Model
 
 BYTES_PER_VALUE = 4  # float32
-MB = 1e6
+MIB = 2**20
 
 MEMORY_DEFINITION = (
-    "MB = 10^6 bytes of float32 values. parameters: trainable and non-trainable arrays; "
+    "MiB = 2^20 bytes of float32 values. parameters: trainable and non-trainable arrays; "
     "gradients: one per trainable value; optimizer_state: slots per trainable value "
     "(sgd 0, sgd with momentum 1, adam/adamw 2, rmsprop 1, +1 with momentum, +1 centered); "
-    "activations_forward: every layer's output (nested layers included) x batch_size; "
-    "activations_training: twice that, for the gradients of the activations in the backward pass; "
-    "total_training: parameters + gradients + optimizer_state + activations_training."
+    "inputs: one batch; activations_forward: every layer's output (nested layers included, views of "
+    "the input not) for batch_size samples; outputs_kept: the outputs a training forward pass leaves "
+    "alive because backward reads them (as a layer's input or output); cached_for_backward: what each "
+    "layer keeps besides (Layer.cache_bytes: masks, pooling argmax, kept im2col columns, "
+    "pre-activations, recurrent states and work arrays); backward_gradients: the largest layer's output "
+    "and input gradients, alive together in the backward pass; kernel_scratch: the kernels' per-thread "
+    "work arrays (the largest layer's, times the worker threads); activations_training: "
+    "outputs_kept + cached_for_backward + backward_gradients; total_training: parameters + "
+    "gradients + optimizer_state + inputs + activations_training + kernel_scratch."
 )
 
 
@@ -57,7 +63,7 @@ class Summary:
     total_macs: int
     batch_size: int
     optimizer_slots: int
-    memory_mb: dict[str, float] = field(default_factory=dict)
+    memory_mib: dict[str, float] = field(default_factory=dict)
     stats_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +93,7 @@ class Summary:
             "total_macs": self.total_macs,
             "batch_size": self.batch_size,
             "optimizer_slots": self.optimizer_slots,
-            "memory_mb": self.memory_mb,
+            "memory_mib": self.memory_mib,
             "memory_definition": MEMORY_DEFINITION,
             **({"stats_batch": self.stats_batch} if self.stats_batch is not None else {}),
         }
@@ -129,19 +135,43 @@ def optimizer_slots(optimizer_spec) -> int:
     return len(build_optimizer(optimizer_spec, {}).slots)
 
 
-def memory_estimate(model: Model, batch_size: int, slots: int) -> dict[str, float]:
-    """Memory in MB (10^6 bytes) of float32 arrays; see MEMORY_DEFINITION."""
+def kept_output_bytes(layers: list[Layer], batch: int, consumer_keeps_input: bool = False) -> int:
+    """Bytes of the outputs of ``layers`` (in order, nested ones included) that a training forward pass
+    leaves alive: those the layer itself keeps (``keeps_output``) or the next layer keeps as its input."""
+    total, keeps = 0, consumer_keeps_input
+    for layer in reversed(layers):
+        kept = layer.keeps_output or keeps
+        total += layer.output_bytes(batch) if kept else 0
+        for branch in layer.branches():  # a branch's end feeds the container's own op, which keeps nothing
+            total += kept_output_bytes(branch, batch)
+        keeps = kept if layer.output_is_view else layer.keeps_input
+    return total
+
+
+def memory_estimate(model: Model, batch_size: int, slots: int, workers: int | None = None) -> dict[str, float]:
+    """Memory in MiB (2^20 bytes) of float32 arrays; see MEMORY_DEFINITION. ``workers``: the kernels'
+    worker threads (default: as many as training would use here)."""
+    from .kernels import chunk_workers
+
     trainable, buffers = model.param_count(), model.buffer_count()
-    outputs = sum(math.prod(layer.out_shape) for _, layer in model.named_layers() if layer.out_shape)
+    layers = [layer for _, layer in model.named_layers() if layer.out_shape]
+    n = batch_size
+    largest_pair = max((n * (math.prod(la.in_shape) + math.prod(la.out_shape)) for la in layers), default=0)
     mem = {
-        "parameters": (trainable + buffers) * BYTES_PER_VALUE / MB,
-        "gradients": trainable * BYTES_PER_VALUE / MB,
-        "optimizer_state": trainable * slots * BYTES_PER_VALUE / MB,
-        "activations_forward": outputs * batch_size * BYTES_PER_VALUE / MB,
+        "parameters": (trainable + buffers) * BYTES_PER_VALUE,
+        "gradients": trainable * BYTES_PER_VALUE,
+        "optimizer_state": trainable * slots * BYTES_PER_VALUE,
+        "inputs": n * math.prod(model.input_shape) * BYTES_PER_VALUE,
+        "activations_forward": sum(la.output_bytes(n) for la in layers),
+        "outputs_kept": kept_output_bytes(model.layers, n),
+        "cached_for_backward": sum(la.cache_bytes(n) for la in layers),
+        "backward_gradients": largest_pair * BYTES_PER_VALUE,
+        "kernel_scratch": (workers or chunk_workers()) * max((la.scratch_bytes(n) for la in layers), default=0),
     }
-    mem["activations_training"] = 2 * mem["activations_forward"]
-    mem["total_training"] = mem["parameters"] + mem["gradients"] + mem["optimizer_state"] + mem["activations_training"]
-    return {k: round(v, 4) for k, v in mem.items()}
+    mem["activations_training"] = mem["outputs_kept"] + mem["cached_for_backward"] + mem["backward_gradients"]
+    mem["total_training"] = sum(mem[k] for k in ("parameters", "gradients", "optimizer_state", "inputs",
+                                                 "activations_training", "kernel_scratch"))
+    return {k: round(v / MIB, 4) for k, v in mem.items()}
 
 
 def activation_stats(model: Model, batch: int = 8, seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -191,7 +221,7 @@ def summarize(model: Model, batch_size: int = 64, optimizer=None, stats: bool = 
         total_macs=int(model.macs()),
         batch_size=batch_size,
         optimizer_slots=slots,
-        memory_mb=memory_estimate(model, batch_size, slots),
+        memory_mib=memory_estimate(model, batch_size, slots),
         stats_batch=stats_batch if stats else None,
     )
 

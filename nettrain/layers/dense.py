@@ -45,6 +45,13 @@ class Dense(Layer):
     def macs(self) -> int:
         return int(np.prod(self.in_shape)) * self.spec.units
 
+    @property
+    def keeps_output(self) -> bool:
+        return self.act.keeps_output
+
+    def cache_bytes(self, batch: int) -> int:
+        return self.act.cache_bytes(self.output_bytes(batch))
+
     def forward(self, x, training=False):
         self._x = x
         f_in, units = self.params["kernel"].shape
