@@ -22,8 +22,9 @@ class PoolSpec(LayerSpec):
 
 
 class Pool2D(Layer):
-    keeps_input = False  # backward needs the window geometry (and max pooling its argmax)
     """Shared window arithmetic; strides default to the pool size (Keras)."""
+
+    keeps_input = False  # backward needs the window geometry (and max pooling its argmax)
 
     Spec: ClassVar[type[PoolSpec]] = PoolSpec
 
@@ -91,8 +92,9 @@ class AvgPool2D(Pool2D):
 
 @register
 class GlobalAvgPool2D(Layer):
-    keeps_input = False
     """(C, H, W) -> (C,): the mean of each feature map."""
+
+    keeps_input = False
 
     class Spec(LayerSpec):
         type: Literal["global_avgpool2d"] = "global_avgpool2d"
