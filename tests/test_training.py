@@ -380,6 +380,11 @@ def test_cli_train_and_one_line_errors(tmp_path):
     result = runner.invoke(app, ["train", str(path), "--quiet", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "epoch 1/1" in result.output and "run folder" in result.output
+    total = load_checkpoint(tmp_path / "out" / "checkpoints" / "last.npz")
+    trainable = sum(a.size for a in total.params.values())
+    assert f"{trainable + sum(a.size for a in total.buffers.values()):,} parameters ({trainable:,} trainable)" \
+        in result.output
+    assert "data: synthetic" in result.output
     assert len(csv_rows(tmp_path / "out")) == 1
     again = runner.invoke(app, ["train", str(path), "--quiet"])
     assert again.exit_code == 2

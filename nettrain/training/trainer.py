@@ -326,6 +326,8 @@ class Trainer:
             "start_batch": self.batch, "steps_per_epoch": self.steps_per_epoch,
             "train_size": len(self.data.train), "val_size": len(self.data.val) if self.data.val else 0,
             "params": self.model.param_count(), "resumed": self.global_step > 0, "monitor": self.best.monitor,
+            "total_params": self.model.param_count() + self.model.buffer_count(),
+            "data": getattr(self.data, "source", ""), "batch_size": self.batch_size,
         }
 
 
