@@ -116,6 +116,8 @@ def summarize(
     format: str = typer.Option("table", "--format", help="table, json or csv"),
     stats: bool = typer.Option(False, "--stats", help="add each layer's activation mean/std on one random batch"),
     batch: int = typer.Option(8, "--batch", min=1, help="batch size of the --stats forward pass"),
+    depth: Optional[int] = typer.Option(None, "--depth", min=0,
+                                        help="show nested layers down to this depth (0: residual blocks collapsed)"),
 ) -> None:
     """Layers, output shapes (HxWxC), parameters, MACs per sample and memory of a config's model."""
     from .config import load_config
@@ -124,7 +126,8 @@ def summarize(
     def make():
         if format not in ("table", "json", "csv"):
             raise _usage(f"--format must be table, json or csv, got {format!r}")
-        return summarize_config(load_config(config, list(set_ or [])), stats=stats, stats_batch=batch)
+        summary = summarize_config(load_config(config, list(set_ or [])), stats=stats, stats_batch=batch)
+        return summary.up_to_depth(depth)
 
     summary = run_or_exit(make)
     if format == "json":

@@ -9,7 +9,7 @@ the parent's counts include its children, the totals count each array once.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,13 @@ class Summary:
     optimizer_slots: int
     memory_mib: dict[str, float] = field(default_factory=dict)
     stats_batch: int | None = None
+
+    def up_to_depth(self, depth: int | None) -> "Summary":
+        """The same summary with nested rows deeper than ``depth`` left out (0: top-level layers only);
+        a parent's row already counts its children, and the totals do not change."""
+        if depth is None:
+            return self
+        return replace(self, rows=[row for row in self.rows if row.depth <= depth])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``layers`` (name, type, output_shape, params, macs, ...) and the totals.

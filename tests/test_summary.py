@@ -217,3 +217,23 @@ def test_shipped_resnet_summary_totals():
     assert summary.non_trainable_params == 1_376
     assert summary.batch_size == 128
     assert summary.optimizer_slots == 1  # sgd with momentum
+
+
+def test_depth_collapses_residual_bodies(residual_summary):
+    top = residual_summary.up_to_depth(0)
+    assert [r.index for r in top.rows] == ["1", "2", "3", "4", "5"]
+    assert top.total_params == residual_summary.total_params and top.rows[2].params == residual_summary.rows[2].params
+    assert residual_summary.up_to_depth(None) is residual_summary
+    assert len(residual_summary.up_to_depth(1).rows) == len(residual_summary.rows)
+    from typer.testing import CliRunner
+
+    from nettrain.cli import app
+
+    result = CliRunner().invoke(app, ["summarize", str(ROOT / "configs" / "cifar_resnet.yaml"), "--depth", "0",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.stdout)["layers"]
+    assert layers and all(layer["depth"] == 0 for layer in layers)
+    full = json.loads(CliRunner().invoke(app, ["summarize", str(ROOT / "configs" / "cifar_resnet.yaml"),
+                                               "--format", "json"]).stdout)["layers"]
+    assert len(full) > len(layers)
