@@ -417,8 +417,10 @@ def test_resume_from_the_run_folder_alone_is_exact(tmp_path):
     from nettrain.training.resume import load_run_config
 
     straight, _ = fit(tiny_config(tmp_path, "straight", epochs=3))
-    for name, (epoch, batch) in {"mid": (2, 3), "between": (2, 7)}.items():
-        fit_interrupted(tiny_config(tmp_path, name, epochs=3), epoch=epoch, batch=batch)
+    for name, (epoch, batch) in {"mid": (2, 3), "between": (2, 6)}.items():  # 6 batches an epoch
+        _, stopped = fit_interrupted(tiny_config(tmp_path, name, epochs=3), epoch=epoch, batch=batch)
+        assert stopped.stopped == "interrupted" and stopped.cursor == ((1, 3) if name == "mid" else (2, 0))
+        assert [r["epoch"] for r in csv_rows(tmp_path / name)] == ([1] if name == "mid" else [1, 2])
         resumed, result = fit(load_run_config(tmp_path / name), resume=tmp_path / name)
         assert result.stopped == "completed"
         assert_same_state(straight, resumed)

@@ -75,7 +75,7 @@ def check_changes(saved_text: str, config, run_dir: str | Path, allow: bool) -> 
             saved = {}
         shown = ", ".join(f"{k} ({_value(saved, k)} -> {_value(config.resolved, k)})" for k in fixed[:3])
         more = f" and {len(fixed) - 3} more" if len(fixed) > 3 else ""
-        raise ConfigError(f"{run_dir}: resuming would change {shown}{more}, the architecture or schedule length "
-                          f"the run was saved with; resume with --resume {run_dir} alone, "
-                          "or pass --allow-changes to continue with the change")
+        raise ConfigError(f"{run_dir}: resuming would change the architecture or schedule length the run was "
+                          f"saved with: {shown}{more}; resume with --resume {run_dir} alone, "
+                          "or add --allow-changes to continue with the change")
     return changed
