@@ -441,12 +441,15 @@ def test_cli_resume_with_the_run_folder_alone_matches_an_uninterrupted_run(tmp_p
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(nettrain.console.ConsoleReporter, "batch_end", stop_in_epoch_2)
-    stopped = runner.invoke(app, ["train", str(path), "--quiet"])
+    stopped = runner.invoke(app, ["train", str(path), "--quiet", "--set", "train.log_every=2"])
     assert stopped.exit_code == 130
     monkeypatch.undo()
+    header = (tmp_path / "out" / "config.yaml").read_text().splitlines()[:2]
+    assert header == [f"# resolved from {path}", "#   --set train.log_every=2"]
     resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "out"), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "config differs" not in resumed.output
+    assert (tmp_path / "out" / "config.yaml").read_text().splitlines()[:2] == header  # still says where from
     rows = csv_rows(tmp_path / "out")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert without_time(rows) == without_time(csv_rows(tmp_path / "straight"))

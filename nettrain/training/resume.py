@@ -39,7 +39,26 @@ def load_run_config(run_dir: str | Path, overrides=()):
     text = run.config_yaml.read_text(encoding="utf-8")
     original = str(read_meta(run.last).get("config_path") or "")
     path = Path(original) if original else run.config_yaml
-    return parse_config(text, str(run.config_yaml), list(overrides), path)
+    config = parse_config(text, str(run.config_yaml), list(overrides), path)
+    # the header the run's config.yaml is written with keeps naming the file and --set it came from
+    source, earlier = saved_provenance(text)
+    if source is not None:
+        config._source_name = source
+        config._overrides = (*earlier, *overrides)
+    return config
+
+
+def saved_provenance(text: str) -> tuple[str | None, list[str]]:
+    """The config file and ``--set`` values a saved config.yaml's header names (``Config.to_yaml``)."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# resolved from "):
+        return None, []
+    sets = []
+    for line in lines[1:]:
+        if not line.startswith("#   --set "):
+            break
+        sets.append(line[len("#   --set "):])
+    return lines[0][len("# resolved from "):], sets
 
 
 def config_changes(saved_text: str, config) -> list[str]:
