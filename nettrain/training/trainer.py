@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ..checkpoint import Checkpoint, architecture_signature, load_checkpoint, model_rng_states, restore_model
 from ..data import Batches, DataBundle, load_data
 from ..errors import CheckpointError, ConfigError, TrainingError
@@ -81,8 +82,8 @@ class Trainer:
 
     ``data`` and ``model`` may be given to skip loading/building (tests); the model
     must then be the one ``build_model(config, seed)`` would build. A resume that would
-    change the architecture or the schedule length is refused unless ``allow_changes``. A variant of the
-    loop (data-parallel, say) sets ``step_class`` and ``eval_class`` to its own
+    change the architecture or the schedule length is refused unless ``allow_changes``
+    (see :mod:`.resume`). A variant of the loop (data-parallel, say) sets ``step_class`` and ``eval_class`` to its own
     :class:`TrainStep` and :class:`EvalLoop`.
     """
 
