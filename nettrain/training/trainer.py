@@ -83,8 +83,8 @@ class Trainer:
     ``data`` and ``model`` may be given to skip loading/building (tests); the model
     must then be the one ``build_model(config, seed)`` would build. A resume that would
     change the architecture or the schedule length is refused unless ``allow_changes``
-    (see :mod:`.resume`). A variant of the loop (data-parallel, say) sets ``step_class`` and ``eval_class`` to its own
-    :class:`TrainStep` and :class:`EvalLoop`.
+    (see :mod:`.resume`). A variant of the loop (data-parallel, say) sets ``step_class``
+    and ``eval_class`` to its own :class:`TrainStep` and :class:`EvalLoop`.
     """
 
     step_class = TrainStep
