@@ -156,7 +156,7 @@ def _(tmp):
         for _ in range(50):  # 50 MB, written in 1 MB pieces
             f.write(line * 10_486)
     assert path.stat().st_size > 50_000_000
-    return Bad(["check", str(path)], str(path), r"too large for a config file \(the limit is \d+ MB\)",
+    return Bad(["check", str(path)], str(path), r"too large for a config file \(the limit is \d+ MiB\)",
                max_seconds=30.0, after=lambda tmp: path.unlink())
 
 

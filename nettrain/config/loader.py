@@ -88,7 +88,7 @@ def load_config(path, overrides=()) -> Config:
         raise ConfigError(f"{source}: no such file" if not p.exists() else f"{source}: is a directory, not a config file")
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a config file (the limit is 10 MB)")
+        raise ConfigError(f"{source}: {size / 2**20:.1f} MiB is too large for a config file (the limit is 10 MiB)")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:

@@ -213,7 +213,7 @@ def read_spec_text(path: Path, source: str) -> str:
         raise ConfigError(f"{source}: no such file" if not path.exists() else f"{source}: is a directory, not a sweep spec")
     size = path.stat().st_size
     if size > MAX_SPEC_BYTES:
-        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a sweep spec (the limit is 1 MB)")
+        raise ConfigError(f"{source}: {size / 2**20:.1f} MiB is too large for a sweep spec (the limit is 1 MiB)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
