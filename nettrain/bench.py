@@ -12,8 +12,9 @@ config's input shape and measures
 * memory: the process's peak resident set (which includes the interpreter and libraries,
   and a test process's earlier work), the peak of the NumPy arrays allocated from building
   the model through the warm-up steps (traced by :mod:`tracemalloc`, which sees every NumPy
-  allocation but not those inside compiled kernels), and the estimate of ``nettrain
-  summarize`` for comparison, all in MiB;
+  allocation but not those inside compiled kernels; numba compiles its kernels on a
+  2-sample step before, so that the compiler's memory is not counted), and the estimate
+  of ``nettrain summarize`` for comparison, all in MiB;
 * which kernels ran (numba or NumPy).
 
 Throughputs are medians over the timed steps, which a busy machine disturbs
@@ -73,6 +74,18 @@ def random_batch(model: Model, loss_type: str, batch_size: int, rng: np.random.G
     else:
         y = rng.standard_normal((batch_size, *out), dtype=np.float32)
     return x, y
+
+
+def compile_kernels(config, seed: int = 0) -> None:
+    """One training step of the config's model on 2 samples, so that numba compiles every kernel it uses."""
+    from .builder import build_model
+
+    model = build_model(config, seed=seed)
+    x, y = random_batch(model, config.train.loss.type, 2, np.random.default_rng(seed))
+    try:
+        TrainStep.from_spec(model, config.train)(x, y)
+    except NonFiniteStep:
+        pass
 
 
 def _timed(fn, steps: int) -> list[float]:
@@ -175,17 +188,6 @@ def benchmark(
         raise NettrainError(f"batch size and steps must be at least 1 and warmup at least 0 "
                             f"(got {batch_size}, {steps}, {warmup})")
     tracing = warmup > 0 and not tracemalloc.is_tracing()
-    if tracing:  # stopped after the warm-up steps, or by an error before them
-        tracemalloc.start()
-    try:
-        model = build_model(config, seed=seed)
-    except BaseException:
-        if tracing:
-            tracemalloc.stop()
-        raise
-    rng = np.random.default_rng(seed)
-    x, y = random_batch(model, config.train.loss.type, batch_size, rng)
-    step = TrainStep.from_spec(model, config.train)
 
     def train_step() -> None:
         try:
@@ -195,8 +197,15 @@ def benchmark(
                                 "lower train.optimizer.lr or set train.clip_grad_norm") from None
 
     with kernel_path(use_fast) as path:
+        if tracing and path == "numba":
+            compile_kernels(config, seed)  # compiling allocates too, but that is not the model's memory
         traced = None
-        try:
+        if tracing:
+            tracemalloc.start()
+        try:  # the traced peak: from building the model through the warm-up steps
+            model = build_model(config, seed=seed)
+            x, y = random_batch(model, config.train.loss.type, batch_size, np.random.default_rng(seed))
+            step = TrainStep.from_spec(model, config.train)
             _timed(train_step, warmup)
             traced = tracemalloc.get_traced_memory()[1] / 2**20 if tracing else None
         finally:
