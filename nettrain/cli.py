@@ -242,7 +242,8 @@ def _print_layers(reference) -> None:
 def train(
     config: Optional[Path] = typer.Argument(None, help="the YAML config to train (optional with --resume)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="continue the run in this folder from its last.npz"),
     allow_changes: bool = typer.Option(False, "--allow-changes",
                                        help="resume even with another architecture or schedule length"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train.epochs: epochs in total"),
