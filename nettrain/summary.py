@@ -28,9 +28,10 @@ MEMORY_DEFINITION = (
     "the input not) for batch_size samples; outputs_kept: the outputs a training forward pass leaves "
     "alive because backward reads them (as a layer's input or output); cached_for_backward: what each "
     "layer keeps besides (Layer.cache_bytes: masks, pooling argmax, kept im2col columns, "
-    "pre-activations, recurrent states and work arrays); backward_gradients: the largest layer's output "
-    "and input gradients, alive together in the backward pass; kernel_scratch: the kernels' per-thread "
-    "work arrays (the largest layer's, times the worker threads); activations_training: "
+    "pre-activations, recurrent states and work arrays); backward_gradients: the largest of a layer's "
+    "output and input gradients with its kernels' temporaries (Layer.backward_bytes: per-thread partial "
+    "sums of a weight gradient), alive together in its backward pass; kernel_scratch: the kernels' per-thread "
+    "work arrays (the largest layer's, on the worker threads it uses); activations_training: "
     "outputs_kept + cached_for_backward + backward_gradients; total_training: parameters + "
     "gradients + optimizer_state + inputs + activations_training + kernel_scratch."
 )
@@ -162,8 +163,7 @@ def memory_estimate(model: Model, batch_size: int, slots: int, workers: int | No
 
     trainable, buffers = model.param_count(), model.buffer_count()
     layers = [layer for _, layer in model.named_layers() if layer.out_shape]
-    n = batch_size
-    largest_pair = max((n * (math.prod(la.in_shape) + math.prod(la.out_shape)) for la in layers), default=0)
+    n, workers = batch_size, workers or chunk_workers()
     mem = {
         "parameters": (trainable + buffers) * BYTES_PER_VALUE,
         "gradients": trainable * BYTES_PER_VALUE,
@@ -172,8 +172,8 @@ def memory_estimate(model: Model, batch_size: int, slots: int, workers: int | No
         "activations_forward": sum(la.output_bytes(n) for la in layers),
         "outputs_kept": kept_output_bytes(model.layers, n),
         "cached_for_backward": sum(la.cache_bytes(n) for la in layers),
-        "backward_gradients": largest_pair * BYTES_PER_VALUE,
-        "kernel_scratch": (workers or chunk_workers()) * max((la.scratch_bytes(n) for la in layers), default=0),
+        "backward_gradients": max((la.backward_bytes(n, workers) for la in layers), default=0),
+        "kernel_scratch": max((la.scratch_bytes(n, workers) for la in layers), default=0),
     }
     mem["activations_training"] = mem["outputs_kept"] + mem["cached_for_backward"] + mem["backward_gradients"]
     mem["total_training"] = sum(mem[k] for k in ("parameters", "gradients", "optimizer_state", "inputs",

@@ -211,9 +211,15 @@ class Layer:
         children = self.children()
         return [children] if children else []
 
-    def scratch_bytes(self, batch: int) -> int:
-        """Bytes of per-thread scratch (:func:`nettrain.kernels.scratch`) the layer's kernels use; shared by
-        all layers, so a model needs the largest, once per worker thread."""
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """Bytes alive only while the layer's backward pass runs: by default the gradients of its output
+        and its input; layers add their kernels' temporaries."""
+        shapes = (self.in_shape or (), self.out_shape or ())
+        return batch * sum(math.prod(s) for s in shapes) * self.dtype.itemsize
+
+    def scratch_bytes(self, batch: int, workers: int) -> int:
+        """Bytes of per-thread scratch (:func:`nettrain.kernels.scratch`) the layer's kernels use on
+        ``workers`` threads; the buffers are shared by all layers, so a model needs the largest."""
         return 0
 
     def param_count(self) -> int:

@@ -133,12 +133,13 @@ class Conv2D(Layer):
         cols = batch * g.rows * g.pixels * item if self.keeps_columns() else 0
         return cols + self.act.cache_bytes(self.output_bytes(batch))
 
-    def scratch_bytes(self, batch: int) -> int:
-        """A batch chunk's columns (unless kept) and GEMM output (see nettrain.kernels.gemm)."""
+    def scratch_bytes(self, batch: int, workers: int) -> int:
+        """Each thread's batch chunk of columns (unless kept) and GEMM output (see nettrain.kernels.gemm)."""
         g, item = self.geometry, self.dtype.itemsize
-        chunk = min(batch, max(1, kernels.pool.CHUNK_BYTES // max(g.rows * g.pixels * item, 1)))
+        chunks = kernels.pool.batch_chunks(batch, g.rows * g.pixels * item, workers)
+        largest = max(stop - start for start, stop in chunks)
         rows = self.spec.filters + (0 if self.keeps_columns() else g.rows)
-        return rows * chunk * g.pixels * item
+        return min(workers, len(chunks)) * rows * largest * g.pixels * item
 
     def forward(self, x, training=False):
         x = np.ascontiguousarray(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -51,6 +52,13 @@ class Dense(Layer):
 
     def cache_bytes(self, batch: int) -> int:
         return self.act.cache_bytes(self.output_bytes(batch))
+
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """The gradients, and the per-thread partial sums of the kernel's gradient."""
+        rows = batch * math.prod(self.in_shape[:-1])
+        kernel = self.params["kernel"]
+        return super().backward_bytes(batch, workers) + kernels.matmul_tn_partials_bytes(
+            rows, kernel.size, kernel.itemsize, workers)
 
     def forward(self, x, training=False):
         self._x = x

@@ -168,6 +168,13 @@ class Recurrent(Layer):
                       + self.cell_state_values(steps))
         return batch * per_sample * self.dtype.itemsize
 
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """The gradients, and the per-thread partial sums of the larger kernel's gradient."""
+        rows = batch * self.in_shape[0]
+        partials = max(kernels.matmul_tn_partials_bytes(rows, self.params[k].size, self.params[k].itemsize, workers)
+                       for k in ("kernel", "recurrent_kernel"))
+        return super().backward_bytes(batch, workers) + partials
+
     def cell_state_values(self, steps: int) -> int:
         """Values per sample of the cell's own kept states and backward work arrays (see :meth:`scan`)."""
         return steps * self.width + self.spec.units  # da, dh_next
