@@ -9,7 +9,13 @@ config's input shape and measures
 * the forward pass in evaluation mode, in images per second;
 * each layer's own forward and backward time (a residual block's row holds
   only its add, shortcut and activation; its body layers have rows of their own);
-* the process's peak resident memory and which kernels ran (numba or NumPy).
+* memory: the process's peak resident set (which includes the interpreter and libraries,
+  and a test process's earlier work), the peak of the NumPy arrays allocated from building
+  the model through the warm-up steps (traced by :mod:`tracemalloc`, which sees every NumPy
+  allocation but not those inside compiled kernels; numba compiles its kernels on a
+  2-sample step before, so that the compiler's memory is not counted), and the estimate
+  of ``nettrain summarize`` for comparison, all in MiB;
+* which kernels ran (numba or NumPy).
 
 Throughputs are medians over the timed steps, which a busy machine disturbs
 less than means. The per-layer timings come from separate instrumented steps,
@@ -33,7 +39,7 @@ from .model import Model
 from .training.step import NonFiniteStep, TrainStep
 
 
-def peak_rss_mb() -> float | None:
+def peak_rss_mib() -> float | None:
     """Peak resident set size of this process so far, in MiB (None where the OS does not say)."""
     try:
         import resource
@@ -68,6 +74,18 @@ def random_batch(model: Model, loss_type: str, batch_size: int, rng: np.random.G
     else:
         y = rng.standard_normal((batch_size, *out), dtype=np.float32)
     return x, y
+
+
+def compile_kernels(config, seed: int = 0) -> None:
+    """One training step of the config's model on 2 samples, so that numba compiles every kernel it uses."""
+    from .builder import build_model
+
+    model = build_model(config, seed=seed)
+    x, y = random_batch(model, config.train.loss.type, 2, np.random.default_rng(seed))
+    try:
+        TrainStep.from_spec(model, config.train)(x, y)
+    except NonFiniteStep:
+        pass
 
 
 def _timed(fn, steps: int) -> list[float]:
@@ -158,18 +176,19 @@ def benchmark(
 
     Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
     numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
-    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb``, ``layers`` (rows of
-    :meth:`LayerTimer.rows` with the GFLOP/s of :func:`flop_rates`) and that function's totals.
+    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mib``, ``peak_traced_mib`` (None without
+    warm-up steps), ``estimated_mib``, ``layers`` (rows of :meth:`LayerTimer.rows` with the GFLOP/s
+    of :func:`flop_rates`) and that function's totals.
     """
+    import tracemalloc
+
     from .builder import build_model
+    from .summary import summarize
 
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise NettrainError(f"batch size and steps must be at least 1 and warmup at least 0 "
                             f"(got {batch_size}, {steps}, {warmup})")
-    model = build_model(config, seed=seed)
-    rng = np.random.default_rng(seed)
-    x, y = random_batch(model, config.train.loss.type, batch_size, rng)
-    step = TrainStep.from_spec(model, config.train)
+    tracing = warmup > 0 and not tracemalloc.is_tracing()
 
     def train_step() -> None:
         try:
@@ -179,7 +198,21 @@ def benchmark(
                                 "lower train.optimizer.lr or set train.clip_grad_norm") from None
 
     with kernel_path(use_fast) as path:
-        train_times = _timed(train_step, warmup + steps)[warmup:]
+        if tracing and path == "numba":
+            compile_kernels(config, seed)  # compiling allocates too, but that is not the model's memory
+        traced = None
+        if tracing:
+            tracemalloc.start()
+        try:  # the traced peak: from building the model through the warm-up steps
+            model = build_model(config, seed=seed)
+            x, y = random_batch(model, config.train.loss.type, batch_size, np.random.default_rng(seed))
+            step = TrainStep.from_spec(model, config.train)
+            _timed(train_step, warmup)
+            traced = tracemalloc.get_traced_memory()[1] / 2**20 if tracing else None
+        finally:
+            if tracing:
+                tracemalloc.stop()
+        train_times = _timed(train_step, steps)
         forward = lambda: model.forward(x, training=False)  # noqa: E731
         forward_times = _timed(forward, warmup + steps)[warmup:]
         layer_steps = layer_steps or min(steps, 5)
@@ -201,7 +234,9 @@ def benchmark(
         "train_step_ms": 1e3 * train_s,
         "forward_img_per_s": batch_size / forward_s,
         "forward_ms": 1e3 * forward_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_traced_mib": traced,
+        "estimated_mib": summarize(model, batch_size, config.train.optimizer).memory_mib["total_training"],
         "layers": rows,
     } | flop_rates(model, rows, batch_size, train_s, forward_s)
 

@@ -57,7 +57,8 @@ def cnn_config(tmp_path) -> Path:
 def test_benchmark_reports_throughput_memory_and_every_layer(cnn_config):
     config = load_config(cnn_config)
     result = benchmark(config, batch_size=4, steps=2, warmup=1)
-    for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mb"):
+    for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mib",
+                "peak_traced_mib", "estimated_mib"):
         assert result[key] > 0, key
     assert result["kernels"] == kernels.kernel_path()
     assert result["batch_size"] == 4 and result["steps"] == 2
@@ -109,7 +110,8 @@ def test_bench_command_json(cnn_config):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["kernels"] == "numpy" and report["config"] == "tiny_cnn"
-    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mb", "layers", "kernels", "threads"} <= set(report)
+    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mib", "layers", "kernels", "threads"} <= set(report)
+    assert report["peak_traced_mib"] is None  # no warm-up steps to trace
 
 
 def test_bench_command_table(cnn_config):
@@ -172,3 +174,20 @@ def test_bench_table_shows_gflops_and_the_peak(cnn_config):
     result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "2", "--steps", "1", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "GFLOP/s" in result.output and "sgemm peak" in result.output
+
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_summarize_memory_estimate_is_within_1_5x_of_the_measured_peak(path, monkeypatch):
+    """The NumPy arrays' peak (tracemalloc, from building the model through two training steps) against
+    summarize's total_training. Traced allocations rather than the process's RSS: they are exact, count
+    only what the model allocates (not the interpreter's and libraries' baseline, nor earlier tests in
+    this process, which a lifetime peak RSS would include), and do not depend on how the allocator
+    returns pages. The NumPy kernels, whose allocations are all traced (numba's are not), and the
+    kernels' per-thread scratch emptied first, as in a fresh process (it only grows)."""
+    monkeypatch.setattr(kernels.pool, "_SCRATCH", {})
+    result = benchmark(load_config(path), batch_size=16, steps=1, warmup=2, use_fast=False, layer_steps=1)
+    measured, estimated = result["peak_traced_mib"], result["estimated_mib"]
+    assert measured / 1.5 <= estimated <= 1.5 * measured, (measured, estimated)

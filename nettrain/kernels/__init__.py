@@ -22,7 +22,7 @@ from __future__ import annotations
 from .dispatch import (NUMPY, backend, compiled_available, compiled_enabled, kernel_path, kernel_set, set_compiled,
                        use_kernels)
 from .geometry import ConvGeometry, Pad4
-from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn
+from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn, matmul_tn_partials_bytes
 from .pool import blas, chunk_workers, over_batch, scratch
 from .reference.pooling import window_counts
 

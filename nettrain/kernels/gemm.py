@@ -15,7 +15,8 @@ import numpy as np
 
 from . import shifted
 from .geometry import ConvGeometry
-from .pool import batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch, split_workers
+from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch,
+                   split_workers)
 
 
 
@@ -213,6 +214,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = a @ b`` (2-D), blocks of ``a``'s rows on the worker threads."""
     over_batch(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), a.shape[0], a.shape[0] * b.shape[1])
     return out
+
+
+def matmul_tn_partials_bytes(m: int, out_size: int, itemsize: int, workers: int) -> int:
+    """Bytes of the per-thread partial sums :func:`matmul_tn` allocates for ``(m, K).T @ (m, L)``,
+    ``out_size = K * L``, on ``workers`` threads (none when it runs on one)."""
+    used = max(1, min(workers, m)) if m * out_size // 16 >= PARALLEL_MIN_ELEMENTS else 1
+    return 0 if used == 1 else used * out_size * itemsize
 
 
 def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
