@@ -79,7 +79,7 @@ def config_path(case: str) -> Path:
     return ROOT / "configs" / f"{case}.yaml"
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -183,7 +183,7 @@ def worker_main(args) -> None:
             getattr(worker, command)()
             reply(time.perf_counter() - start)
         elif command == "rss":
-            reply(peak_rss_mb())
+            reply(peak_rss_mib())
         else:
             return
 
@@ -280,21 +280,21 @@ def compare(case: str, args) -> dict:
         "nettrain_forward_img_per_s": rate["nettrain"]["forward"],
         "torch_forward_img_per_s": rate["torch"]["forward"],
         "forward_ratio": rate["nettrain"]["forward"] / rate["torch"]["forward"],
-        "nettrain_peak_mb": rss["nettrain"],
-        "torch_peak_mb": rss["torch"],
+        "nettrain_peak_mib": rss["nettrain"],
+        "torch_peak_mib": rss["torch"],
         "memory_ratio": rss["nettrain"] / rss["torch"],
         "torch_version": th.info["torch"],
     }
 
 
 def print_table(rows) -> None:
-    header = ("config", "kernels", "nettrain img/s", "torch img/s", "ratio", "fwd ratio", "nettrain MB", "torch MB",
+    header = ("config", "kernels", "nettrain img/s", "torch img/s", "ratio", "fwd ratio", "nettrain MiB", "torch MiB",
               "mem ratio")
     lines = [header]
     for r in rows:
         lines.append((r["config"], r["kernels"], f"{r['nettrain_img_per_s']:.1f}", f"{r['torch_img_per_s']:.1f}",
-                      f"{r['ratio']:.2f}", f"{r['forward_ratio']:.2f}", f"{r['nettrain_peak_mb']:.0f}",
-                      f"{r['torch_peak_mb']:.0f}", f"{r['memory_ratio']:.2f}"))
+                      f"{r['ratio']:.2f}", f"{r['forward_ratio']:.2f}", f"{r['nettrain_peak_mib']:.0f}",
+                      f"{r['torch_peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

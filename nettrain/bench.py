@@ -9,7 +9,13 @@ config's input shape and measures
 * the forward pass in evaluation mode, in images per second;
 * each layer's own forward and backward time (a residual block's row holds
   only its add, shortcut and activation; its body layers have rows of their own);
-* the process's peak resident memory and which kernels ran (numba or NumPy).
+* memory: the process's peak resident set (which includes the interpreter and libraries,
+  and a test process's earlier work), the peak of the NumPy arrays allocated from building
+  the model through the warm-up steps (traced by :mod:`tracemalloc`, which sees every NumPy
+  allocation but not those inside compiled kernels; numba compiles its kernels on a
+  2-sample step before, so that the compiler's memory is not counted), and the estimate
+  of ``nettrain summarize`` for comparison, all in MiB;
+* which kernels ran (numba or NumPy).
 
 Throughputs are medians over the timed steps, which a busy machine disturbs
 less than means. The per-layer timings come from separate instrumented steps,
@@ -33,7 +39,7 @@ from .model import Model
 from .training.step import NonFiniteStep, TrainStep
 
 
-def peak_rss_mb() -> float | None:
+def peak_rss_mib() -> float | None:
     """Peak resident set size of this process so far, in MiB (None where the OS does not say)."""
     try:
         import resource
@@ -68,6 +74,18 @@ def random_batch(model: Model, loss_type: str, batch_size: int, rng: np.random.G
     else:
         y = rng.standard_normal((batch_size, *out), dtype=np.float32)
     return x, y
+
+
+def compile_kernels(config, seed: int = 0) -> None:
+    """One training step of the config's model on 2 samples, so that numba compiles every kernel it uses."""
+    from .builder import build_model
+
+    model = build_model(config, seed=seed)
+    x, y = random_batch(model, config.train.loss.type, 2, np.random.default_rng(seed))
+    try:
+        TrainStep.from_spec(model, config.train)(x, y)
+    except NonFiniteStep:
+        pass
 
 
 def _timed(fn, steps: int) -> list[float]:
@@ -154,28 +172,30 @@ def benchmark(
     layer_steps: int | None = None,
     seed: int = 0,
     make_step=TrainStep.from_spec,
-    forward_rows: slice = slice(None),
+    shard: slice = slice(None),
 ) -> dict[str, Any]:
     """Measure a config's model (see the module doc); returns a JSON-ready dict.
 
     Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
     numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
-    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mb`` and ``layers`` (rows of
-    :meth:`LayerTimer.rows`).
+    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mib``, ``peak_traced_mib`` (None without
+    warm-up steps), ``estimated_mib``, ``layers`` (rows of :meth:`LayerTimer.rows` with the GFLOP/s
+    of :func:`flop_rates`) and that function's totals.
 
-    ``make_step(model, train_spec)`` builds the step to time and ``forward_rows`` picks
-    the rows of the batch the forward pass sees: a data-parallel benchmark
-    (:mod:`nettrain.distributed.commands`) times its slice of the global batch.
+    ``make_step(model, train_spec)`` builds the step to time and ``shard`` picks the rows
+    of the batch this process works on (its forward pass and memory estimate): a
+    data-parallel benchmark (:mod:`nettrain.distributed.commands`) times its slice of
+    the global batch.
     """
+    import tracemalloc
+
     from .builder import build_model
+    from .summary import summarize
 
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise NettrainError(f"batch size and steps must be at least 1 and warmup at least 0 "
                             f"(got {batch_size}, {steps}, {warmup})")
-    model = build_model(config, seed=seed)
-    rng = np.random.default_rng(seed)
-    x, y = random_batch(model, config.train.loss.type, batch_size, rng)
-    step = make_step(model, config.train)
+    tracing = warmup > 0 and not tracemalloc.is_tracing()
 
     def train_step() -> None:
         try:
@@ -185,14 +205,29 @@ def benchmark(
                                 "lower train.optimizer.lr or set train.clip_grad_norm") from None
 
     with kernel_path(use_fast) as path:
-        train_times = _timed(train_step, warmup + steps)[warmup:]
-        forward = lambda: model.forward(x[forward_rows], training=False)  # noqa: E731
+        if tracing and path == "numba":
+            compile_kernels(config, seed)  # compiling allocates too, but that is not the model's memory
+        traced = None
+        if tracing:
+            tracemalloc.start()
+        try:  # the traced peak: from building the model through the warm-up steps
+            model = build_model(config, seed=seed)
+            x, y = random_batch(model, config.train.loss.type, batch_size, np.random.default_rng(seed))
+            step = make_step(model, config.train)
+            _timed(train_step, warmup)
+            traced = tracemalloc.get_traced_memory()[1] / 2**20 if tracing else None
+        finally:
+            if tracing:
+                tracemalloc.stop()
+        train_times = _timed(train_step, steps)
+        forward = lambda: model.forward(x[shard], training=False)  # noqa: E731
         forward_times = _timed(forward, warmup + steps)[warmup:]
         layer_steps = layer_steps or min(steps, 5)
         timer = LayerTimer(model)
         with timer.installed():
             _timed(train_step, layer_steps)
     train_s, forward_s = statistics.median(train_times), statistics.median(forward_times)
+    rows = timer.rows(layer_steps)
     return {
         "config": config.run_name,
         "batch_size": batch_size,
@@ -206,7 +241,53 @@ def benchmark(
         "train_step_ms": 1e3 * train_s,
         "forward_img_per_s": batch_size / forward_s,
         "forward_ms": 1e3 * forward_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "layers": timer.rows(layer_steps),
-    }
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_traced_mib": traced,
+        "estimated_mib": summarize(model, len(range(batch_size)[shard]),
+                                   config.train.optimizer).memory_mib["total_training"],
+        "layers": rows,
+    } | flop_rates(model, rows, batch_size, train_s, forward_s)
 
+
+
+# -- achieved GFLOP/s against the machine's sgemm peak ------------------------------------
+def sgemm_peak_gflops(threads: int, size: int = 1536, repeats: int = 3) -> float:
+    """The best GFLOP/s of a float32 ``size`` x ``size`` np.matmul with the BLAS on ``threads`` threads."""
+    from .kernels import blas
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    before = blas().get()
+    blas().set(threads)
+    try:
+        best = min(_timed(lambda: np.matmul(a, a, out=out), repeats + 1)[1:])
+    finally:
+        blas().set(before)
+    return 2 * size**3 / best / 1e9
+
+
+def flop_rates(model: Model, rows: list[dict[str, Any]], batch_size: int, train_s: float,
+               forward_s: float) -> dict[str, Any]:
+    """GFLOP/s per layer (into ``rows``: ``forward_gflops``, ``backward_gflops``; None without MACs) and overall.
+
+    A multiply-accumulate is 2 FLOPs; backward does 2 per MAC for the weight gradient and
+    2 more for the input gradient, which training skips for the first layer. Returns ``train_gflops``,
+    ``forward_gflops`` (whole model), ``sgemm_peak_gflops`` (measured here at the worker
+    thread count) and ``peak_fraction`` (the training step's share of that peak).
+    """
+    layers, first = dict(model.named_layers()), model.first_leaf()
+    train_flops = 0.0
+    for row in rows:
+        layer = layers[row["name"]]
+        macs = 0 if layer.children() else layer.macs() * batch_size
+        forward, backward = 2.0 * macs, (2.0 if layer is first else 4.0) * macs
+        train_flops += forward + backward
+        row["forward_gflops"] = forward / row["forward_ms"] / 1e6 if macs and row["forward_ms"] > 0 else None
+        row["backward_gflops"] = backward / row["backward_ms"] / 1e6 if macs and row["backward_ms"] > 0 else None
+    peak = sgemm_peak_gflops(chunk_workers())
+    return {
+        "train_gflops": train_flops / train_s / 1e9,
+        "forward_gflops": 2.0 * model.macs() * batch_size / forward_s / 1e9,
+        "sgemm_peak_gflops": peak,
+        "peak_fraction": train_flops / train_s / 1e9 / peak,
+    }

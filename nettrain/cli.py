@@ -117,6 +117,8 @@ def summarize(
     format: str = typer.Option("table", "--format", help="table, json or csv"),
     stats: bool = typer.Option(False, "--stats", help="add each layer's activation mean/std on one random batch"),
     batch: int = typer.Option(8, "--batch", min=1, help="batch size of the --stats forward pass"),
+    depth: Optional[int] = typer.Option(None, "--depth", min=0,
+                                        help="show nested layers down to this depth (0: residual blocks collapsed)"),
 ) -> None:
     """Layers, output shapes (HxWxC), parameters, MACs per sample and memory of a config's model."""
     from .config import load_config
@@ -125,7 +127,8 @@ def summarize(
     def make():
         if format not in ("table", "json", "csv"):
             raise _usage(f"--format must be table, json or csv, got {format!r}")
-        return summarize_config(load_config(config, list(set_ or [])), stats=stats, stats_batch=batch)
+        summary = summarize_config(load_config(config, list(set_ or [])), stats=stats, stats_batch=batch)
+        return summary.up_to_depth(depth)
 
     summary = run_or_exit(make)
     if format == "json":
@@ -173,16 +176,18 @@ def _print_summary(summary) -> None:
         table.add_row(*(Text(c, style="dim" if row.depth else "") for c in cells))
     console = _wide_enough(table)
     console.print(table)
-    m = summary.memory_mb
+    m = summary.memory_mib
     lines = [
         f"total params: {summary.total_params:,}",
         f"trainable params: {summary.trainable_params:,}",
         f"non-trainable params: {summary.non_trainable_params:,}",
         f"MACs per sample: {summary.total_macs:,} ({summary.total_macs / 1e6:.2f} M)",
-        f"memory (MB, float32, batch {summary.batch_size}):",
+        f"memory (MiB, float32, batch {summary.batch_size}):",
         f"  parameters {m['parameters']:.2f}, gradients {m['gradients']:.2f}, "
         f"optimizer state {m['optimizer_state']:.2f} ({summary.optimizer_slots} slot(s) per parameter)",
-        f"  activations {m['activations_forward']:.2f} forward, {m['activations_training']:.2f} training",
+        f"  inputs {m['inputs']:.2f}; activations {m['activations_forward']:.2f} forward; training: outputs kept "
+        f"{m['outputs_kept']:.2f}, cached for backward {m['cached_for_backward']:.2f}, gradients in backward "
+        f"{m['backward_gradients']:.2f}, kernel scratch {m['kernel_scratch']:.2f}",
         f"  total for training {m['total_training']:.2f}",
     ]
     if stats:
@@ -236,36 +241,46 @@ def _print_layers(reference) -> None:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="the YAML config to train"),
+    config: Optional[Path] = typer.Argument(None, help="the YAML config to train (optional with --resume)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its last.npz"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train until this many epochs in total"),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="continue the run in this folder from its last.npz"),
+    allow_changes: bool = typer.Option(False, "--allow-changes",
+                                       help="resume even with another architecture or schedule length"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="train.epochs: epochs in total"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="train.batch_size"),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="train.optimizer.lr"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="train.seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="worker threads (sets NETTRAIN_THREADS); default: one per core"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard logs into RUN/tensorboard/"),
 ) -> None:
-    """Train a config; write a run folder with checkpoints and metrics."""
-    from .config import load_config
+    """Train a config; write a run folder with checkpoints and metrics. Continue one with --resume RUN_DIR."""
+    from .commands.training import print_aborted, resume_command, set_threads, train_config, train_overrides
     from .errors import NettrainError
     from .console import ConsoleReporter
     from .training import Trainer
 
-    overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
-    overrides += ["output.tensorboard=true"] if tensorboard else []
+    set_threads(threads)
+    overrides = train_overrides(set_, tensorboard, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     if is_parallel_launch():  # one rank of several: mpiexec -n N nettrain train
         from .distributed import commands
 
-        raise typer.Exit(commands.train(config, overrides, resume, quiet))
+        raise typer.Exit(commands.train(config, overrides, resume, quiet, allow_changes))
+    trainer = None
     try:
-        cfg = load_config(config, overrides)
+        cfg = train_config(config, resume, overrides)
         reporter = ConsoleReporter(quiet=quiet, log_every=cfg.train.log_every)
-        result = Trainer(cfg, resume=resume, reporter=reporter).fit()
+        trainer = Trainer(cfg, resume=resume, reporter=reporter, allow_changes=allow_changes)
+        result = trainer.fit()
     except NettrainError as e:
         _fail(e)
     except MemoryError:
-        _out_of_memory(f"{config}: the model or the data does not fit in memory; "
+        _out_of_memory(f"{config or resume}: the model or the data does not fit in memory; "
                        "lower train.batch_size, layer sizes or data.subset")
     except KeyboardInterrupt:  # a second Ctrl-C: checkpoints are written atomically, so none is broken
-        typer.echo("aborted; checkpoints already written are intact (they are replaced atomically)", err=True)
+        print_aborted(trainer)
         raise typer.Exit(130) from None
     out = reporter.console
     if result.best_value is not None:
@@ -274,7 +289,7 @@ def train(
         epoch, batch = result.cursor
         at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
         typer.echo(f"interrupted at {at}; saved {result.run_dir / 'checkpoints' / 'last.npz'}", err=True)
-        typer.echo(f"resume with: nettrain train {config} --resume {result.run_dir}", err=True)
+        typer.echo(f"resume with: {resume_command(result.run_dir)}", err=True)
         raise typer.Exit(result.exit_code)
     out.print(f"run folder: {result.run_dir}")
 
@@ -329,18 +344,18 @@ def evaluate_command(
 @app.command()
 def predict(
     checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
-    files: list[Path] = typer.Argument(..., help="image files, or .npz files with an array 'x'"),
-    format: str = typer.Option("table", "--format", help="table or json"),
-    top: int = typer.Option(3, "--top", min=1, help="how many classes to list per input"),
+    files: list[Path] = typer.Argument(..., help="images, .npz files (array 'x'), .npy arrays, or folders of them"),
+    format: str = typer.Option("table", "--format", help="table, json or csv"),
+    top: int = typer.Option(3, "--top-k", "--top", min=1, help="how many classes to list per input"),
 ) -> None:
-    """Classify images or .npz batches with a trained checkpoint."""
+    """Classify images, .npz/.npy arrays (one sample or a batch) or every such file of a folder."""
     from .errors import NettrainError
     from .evaluate import load_trained, predict as predict_files
-    from .console import print_predictions
+    from .console import prediction_csv_rows, print_predictions
 
     try:
-        if format not in ("table", "json"):
-            raise _usage(f"--format must be table or json, got {format!r}")
+        if format not in ("table", "json", "csv"):
+            raise _usage(f"--format must be table, json or csv, got {format!r}")
         results = predict_files(load_trained(checkpoint), files, top=top)
     except NettrainError as e:
         _fail(e)
@@ -350,6 +365,11 @@ def predict(
         import json
 
         typer.echo(json.dumps(results, indent=2))
+    elif format == "csv":
+        import csv
+        import sys
+
+        csv.writer(sys.stdout, lineterminator="\n").writerows(prediction_csv_rows(results))
     else:
         print_predictions(results)
 
@@ -405,22 +425,29 @@ def _print_bench(result) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result['config']}: time per layer (own time, per step)", title_justify="left")
-    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share", "GFLOP/s f/b"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right",
+                         min_width=max(len(row["name"]) for row in result["layers"]) if column == "layer" else None)
+    rate = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     for row in result["layers"]:
         table.add_row(row["name"], row["type"], f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}",
-                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%")
+                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%",
+                      f"{rate(row.get('forward_gflops'))}/{rate(row.get('backward_gflops'))}")
     Console().print(table)
-    rss = "-" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MiB"
-    if result.get("peak_rss_mb_all_ranks") is not None:
-        rss += f" per rank at most, {result['peak_rss_mb_all_ranks']:.0f} MiB for all ranks"
+    rss = "-" if result["peak_rss_mib"] is None else f"{result['peak_rss_mib']:.0f}"
+    traced = "-" if result["peak_traced_mib"] is None else f"{result['peak_traced_mib']:.1f}"
+    if result.get("peak_rss_mib_all_ranks") is not None:
+        rss += f" per rank at most, {result['peak_rss_mib_all_ranks']:.0f} for all ranks"
     layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
     for line in (
         f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
-        f"peak memory (RSS): {rss}",
+        f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}",
+        f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
+        f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
+        f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {result['threads']} threads)",
     ):
         typer.echo(line)
 

@@ -5,8 +5,8 @@ A checkpoint carries the resolved config it was trained with, so
 overridden, e.g. to point at another copy of the data set) and loads the weights.
 :func:`evaluate` reports loss, accuracy, top-5 accuracy (more than 5 classes),
 per-class precision/recall/F1 and the confusion matrix; :func:`predict` classifies
-images (needs Pillow) or the arrays of an ``.npz`` file, normalized with the
-training set's statistics stored in the checkpoint.
+images (needs Pillow), the arrays of ``.npz`` and ``.npy`` files and folders of them,
+normalized with the training set's statistics stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -210,23 +210,66 @@ def read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_npz_inputs(path: Path) -> np.ndarray:
-    """The inputs of an ``.npz`` batch: array ``x`` (else ``x_test``, else the only array)."""
+    """The inputs of an ``.npz`` batch: array ``x`` (else ``x_test``, else the only array), as written."""
     arrays = read_npz(path)
     for key in ("x", "x_test", "images"):
         if key in arrays:
-            x = arrays[key]
-            break
-    else:
-        if len(arrays) != 1:
-            raise DataError(f"{path}: name the inputs 'x' (found arrays {sorted(arrays)})")
-        key, x = next(iter(arrays.items()))
+            return _numeric(path, key, arrays[key])
+    if len(arrays) != 1:
+        raise DataError(f"{path}: name the inputs 'x' (found arrays {sorted(arrays)})")
+    key, x = next(iter(arrays.items()))
+    return _numeric(path, key, x)
+
+
+def read_npy_inputs(path: Path) -> np.ndarray:
+    """The array of an ``.npy`` file (no pickled objects)."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:  # np.load fails on foreign bytes with many exception types
+        raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{path}: holds several arrays; name the file .npz")
+    return _numeric(path, "the array", x)
+
+
+def _numeric(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if x.dtype.kind not in "uif":
         raise DataError(f"{path}: {key!r} must be numeric, got dtype {x.dtype}")
-    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = images_to_nchw(x)  # (N, H, W, C) as written by most tools
-    elif x.ndim == 3:
-        x = images_to_nchw(x)
     return x
+
+
+def as_batch(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Raw arrays -> ``(N, *sample)`` with images as NCHW. One sample without a batch axis -- ``(H, W)``,
+    ``(H, W, C)``, ``(C, H, W)``, a ``(T, F)`` sequence -- gets one; ``(N, H, W, C)`` becomes NCHW."""
+    shape, size = tuple(input_shape), int(np.prod(input_shape))
+    hwc = (*shape[1:], shape[0]) if len(shape) == 3 else None
+    one = x.shape in (shape, hwc) or (x.ndim == len(shape) - 1 and x.size == size)
+    if one:
+        x = x[None]
+    if (x.ndim == 4 and x.shape[1:] != shape and x.shape[-1] in (1, 3)) or x.ndim == 3:
+        x = images_to_nchw(x)  # (N, H, W, C) as written by most tools; (N, H, W) grey images
+    return x
+
+
+PREDICT_SUFFIXES = IMAGE_SUFFIXES | {".npz", ".npy"}
+
+
+def predict_inputs(files: Sequence[str | Path]) -> list[Path]:
+    """The files to predict: each file given, and every image, ``.npz`` and ``.npy`` of a folder, sorted."""
+    out = []
+    for f in files:
+        path = Path(f)
+        if not path.exists():  # before any reader, so a typo never reads as a missing extra
+            raise DataError(f"{path}: file not found")
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PREDICT_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: a folder without images, .npz or .npy files; "
+                                f"give files or a folder of {', '.join(sorted(PREDICT_SUFFIXES))} files")
+            out += found
+        else:
+            out.append(path)
+    return out
 
 
 def prepare_inputs(x: np.ndarray, input_shape: tuple[int, ...], normalize: str,
@@ -248,35 +291,29 @@ def prepare_inputs(x: np.ndarray, input_shape: tuple[int, ...], normalize: str,
 
 
 def predict(trained: Trained, files: Sequence[str | Path], top: int = 3) -> list[dict[str, Any]]:
-    """Class predictions for image files and ``.npz`` batches: one dict per sample."""
+    """Class predictions for image files, ``.npz``/``.npy`` arrays and folders of them: one dict per
+    sample with ``file``, ``class`` (index), ``name``, ``probability`` and ``top_k`` (the ``top`` likeliest)."""
     model = trained.model
     normalize = getattr(trained.config.data, "normalize", "per_channel")
     ckpt = trained.checkpoint
     names = list(trained.classes) or [str(i) for i in range(model.output_shape[-1])]
+    name_of = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
     results = []
-    for f in files:
-        path = Path(f)
-        if not path.exists():  # before any reader, so a typo never reads as a missing extra
-            raise DataError(f"{path}: file not found")
-        if path.suffix.lower() == ".npz":
-            raw = read_npz_inputs(path)
+    for path in predict_inputs(files):
+        suffix = path.suffix.lower()
+        if suffix in (".npz", ".npy"):
+            raw = as_batch(read_npz_inputs(path) if suffix == ".npz" else read_npy_inputs(path), model.input_shape)
             ids = [f"{path}[{i}]" for i in range(len(raw))]
-        elif path.suffix.lower() in IMAGE_SUFFIXES or path.is_file():
-            raw, ids = read_image(path, model.input_shape)[None], [str(path)]
         else:
-            raise DataError(f"{path}: file not found")
+            raw, ids = read_image(path, model.input_shape)[None], [str(path)]
         x = prepare_inputs(raw, model.input_shape, normalize, ckpt.mean, ckpt.std, str(path))
         for start in range(0, len(x), 256):
             logits = model.forward(x[start:start + 256], training=False)
             probs = softmax_probs(logits.reshape(len(logits), -1).astype(np.float64))
             for sample_id, p in zip(ids[start:start + 256], probs):
-                order = np.argsort(-p, kind="stable")[:top]
+                order = [int(i) for i in np.argsort(-p, kind="stable")[:top]]
                 results.append({
-                    "input": sample_id,
-                    "label": int(order[0]),
-                    "class": names[order[0]] if order[0] < len(names) else str(order[0]),
-                    "probability": float(p[order[0]]),
-                    "top": [{"class": names[i] if i < len(names) else str(i), "probability": float(p[i])}
-                            for i in order],
+                    "file": sample_id, "class": order[0], "name": name_of(order[0]), "probability": float(p[order[0]]),
+                    "top_k": [{"class": i, "name": name_of(i), "probability": float(p[i])} for i in order],
                 })
     return results

@@ -9,7 +9,7 @@ the parent's counts include its children, the totals count each array once.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,15 +18,22 @@ from .layers import Layer, format_shape
 from .model import Model
 
 BYTES_PER_VALUE = 4  # float32
-MB = 1e6
+MIB = 2**20
 
 MEMORY_DEFINITION = (
-    "MB = 10^6 bytes of float32 values. parameters: trainable and non-trainable arrays; "
+    "MiB = 2^20 bytes of float32 values. parameters: trainable and non-trainable arrays; "
     "gradients: one per trainable value; optimizer_state: slots per trainable value "
     "(sgd 0, sgd with momentum 1, adam/adamw 2, rmsprop 1, +1 with momentum, +1 centered); "
-    "activations_forward: every layer's output (nested layers included) x batch_size; "
-    "activations_training: twice that, for the gradients of the activations in the backward pass; "
-    "total_training: parameters + gradients + optimizer_state + activations_training."
+    "inputs: one batch; activations_forward: every layer's output (nested layers included, views of "
+    "the input not) for batch_size samples; outputs_kept: the outputs a training forward pass leaves "
+    "alive because backward reads them (as a layer's input or output); cached_for_backward: what each "
+    "layer keeps besides (Layer.cache_bytes: masks, pooling argmax, kept im2col columns, "
+    "pre-activations, recurrent states and work arrays); backward_gradients: the largest of a layer's "
+    "output and input gradients with its kernels' temporaries (Layer.backward_bytes: per-thread partial "
+    "sums of a weight gradient), alive together in its backward pass; kernel_scratch: the kernels' per-thread "
+    "work arrays (the largest layer's, on the worker threads it uses); activations_training: "
+    "outputs_kept + cached_for_backward + backward_gradients; total_training: parameters + "
+    "gradients + optimizer_state + inputs + activations_training + kernel_scratch."
 )
 
 
@@ -57,8 +64,15 @@ class Summary:
     total_macs: int
     batch_size: int
     optimizer_slots: int
-    memory_mb: dict[str, float] = field(default_factory=dict)
+    memory_mib: dict[str, float] = field(default_factory=dict)
     stats_batch: int | None = None
+
+    def up_to_depth(self, depth: int | None) -> "Summary":
+        """The same summary with nested rows deeper than ``depth`` left out (0: top-level layers only);
+        a parent's row already counts its children, and the totals do not change."""
+        if depth is None:
+            return self
+        return replace(self, rows=[row for row in self.rows if row.depth <= depth])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``layers`` (name, type, output_shape, params, macs, ...) and the totals.
@@ -87,7 +101,7 @@ class Summary:
             "total_macs": self.total_macs,
             "batch_size": self.batch_size,
             "optimizer_slots": self.optimizer_slots,
-            "memory_mb": self.memory_mb,
+            "memory_mib": self.memory_mib,
             "memory_definition": MEMORY_DEFINITION,
             **({"stats_batch": self.stats_batch} if self.stats_batch is not None else {}),
         }
@@ -129,19 +143,42 @@ def optimizer_slots(optimizer_spec) -> int:
     return len(build_optimizer(optimizer_spec, {}).slots)
 
 
-def memory_estimate(model: Model, batch_size: int, slots: int) -> dict[str, float]:
-    """Memory in MB (10^6 bytes) of float32 arrays; see MEMORY_DEFINITION."""
+def kept_output_bytes(layers: list[Layer], batch: int, consumer_keeps_input: bool = False) -> int:
+    """Bytes of the outputs of ``layers`` (in order, nested ones included) that a training forward pass
+    leaves alive: those the layer itself keeps (``keeps_output``) or the next layer keeps as its input."""
+    total, keeps = 0, consumer_keeps_input
+    for layer in reversed(layers):
+        kept = layer.keeps_output or keeps
+        total += layer.output_bytes(batch) if kept else 0
+        for branch in layer.branches():  # a branch's end feeds the container's own op, which keeps nothing
+            total += kept_output_bytes(branch, batch)
+        keeps = kept if layer.output_is_view else layer.keeps_input
+    return total
+
+
+def memory_estimate(model: Model, batch_size: int, slots: int, workers: int | None = None) -> dict[str, float]:
+    """Memory in MiB (2^20 bytes) of float32 arrays; see MEMORY_DEFINITION. ``workers``: the kernels'
+    worker threads (default: as many as training would use here)."""
+    from .kernels import chunk_workers
+
     trainable, buffers = model.param_count(), model.buffer_count()
-    outputs = sum(math.prod(layer.out_shape) for _, layer in model.named_layers() if layer.out_shape)
+    layers = [layer for _, layer in model.named_layers() if layer.out_shape]
+    n, workers = batch_size, workers or chunk_workers()
     mem = {
-        "parameters": (trainable + buffers) * BYTES_PER_VALUE / MB,
-        "gradients": trainable * BYTES_PER_VALUE / MB,
-        "optimizer_state": trainable * slots * BYTES_PER_VALUE / MB,
-        "activations_forward": outputs * batch_size * BYTES_PER_VALUE / MB,
+        "parameters": (trainable + buffers) * BYTES_PER_VALUE,
+        "gradients": trainable * BYTES_PER_VALUE,
+        "optimizer_state": trainable * slots * BYTES_PER_VALUE,
+        "inputs": n * math.prod(model.input_shape) * BYTES_PER_VALUE,
+        "activations_forward": sum(la.output_bytes(n) for la in layers),
+        "outputs_kept": kept_output_bytes(model.layers, n),
+        "cached_for_backward": sum(la.cache_bytes(n) for la in layers),
+        "backward_gradients": max((la.backward_bytes(n, workers) for la in layers), default=0),
+        "kernel_scratch": max((la.scratch_bytes(n, workers) for la in layers), default=0),
     }
-    mem["activations_training"] = 2 * mem["activations_forward"]
-    mem["total_training"] = mem["parameters"] + mem["gradients"] + mem["optimizer_state"] + mem["activations_training"]
-    return {k: round(v, 4) for k, v in mem.items()}
+    mem["activations_training"] = mem["outputs_kept"] + mem["cached_for_backward"] + mem["backward_gradients"]
+    mem["total_training"] = sum(mem[k] for k in ("parameters", "gradients", "optimizer_state", "inputs",
+                                                 "activations_training", "kernel_scratch"))
+    return {k: round(v / MIB, 4) for k, v in mem.items()}
 
 
 def activation_stats(model: Model, batch: int = 8, seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -191,7 +228,7 @@ def summarize(model: Model, batch_size: int = 64, optimizer=None, stats: bool = 
         total_macs=int(model.macs()),
         batch_size=batch_size,
         optimizer_slots=slots,
-        memory_mb=memory_estimate(model, batch_size, slots),
+        memory_mib=memory_estimate(model, batch_size, slots),
         stats_batch=stats_batch if stats else None,
     )
 

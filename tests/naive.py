@@ -37,3 +37,22 @@ def pool2d(x, pool, stride, pad, op):
             patch = x[:, :, rs, qs].reshape(n, c, -1)
             y[:, :, r, q] = patch.max(-1) if op == "max" else patch.mean(-1)
     return y
+
+
+def conv2d_backward(x, w, dy, stride, pad, dilation):
+    """The gradients of :func:`conv2d` (dx, dw, db) from dy, by the same loops over output pixels."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw_ = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for r in range(dy.shape[2]):
+        for q in range(dy.shape[3]):
+            rows = slice(r * sh, r * sh + dh * (kh - 1) + 1, dh)
+            cols = slice(q * sw, q * sw + dw_ * (kw - 1) + 1, dw_)
+            dw += np.einsum("nf,nckl->fckl", dy[:, :, r, q], xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += np.einsum("nf,fckl->nckl", dy[:, :, r, q], w)
+    dx = dxp[:, :, pad[0] : pad[0] + h, pad[2] : pad[2] + wd]
+    return dx, dw, dy.sum(axis=(0, 2, 3))

@@ -156,7 +156,7 @@ def _(tmp):
         for _ in range(50):  # 50 MB, written in 1 MB pieces
             f.write(line * 10_486)
     assert path.stat().st_size > 50_000_000
-    return Bad(["check", str(path)], str(path), r"too large for a config file \(the limit is \d+ MB\)",
+    return Bad(["check", str(path)], str(path), r"too large for a config file \(the limit is \d+ MiB\)",
                max_seconds=30.0, after=lambda tmp: path.unlink())
 
 
@@ -722,7 +722,7 @@ def _(tmp, trained):
         assert load_checkpoint(last).epoch == 2
         assert (run / "metrics.csv").read_text() == rows_before
 
-    return Bad(["train", str(config), "--resume", str(run), "--epochs", "4", "--quiet",
+    return Bad(["train", str(config), "--resume", str(run), "--epochs", "4", "--allow-changes", "--quiet",
                 "--set", "train.optimizer.lr=1.0e+30"],
                "last.npz", r"at epoch 3, step \d+ \(global step \d+\): first non-finite (output in layer|"
                            r"gradient of parameter) '[\w.]+'; lower the learning rate.*last good checkpoint is",

@@ -57,7 +57,8 @@ def cnn_config(tmp_path) -> Path:
 def test_benchmark_reports_throughput_memory_and_every_layer(cnn_config):
     config = load_config(cnn_config)
     result = benchmark(config, batch_size=4, steps=2, warmup=1)
-    for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mb"):
+    for key in ("train_img_per_s", "forward_img_per_s", "train_step_ms", "forward_ms", "peak_rss_mib",
+                "peak_traced_mib", "estimated_mib"):
         assert result[key] > 0, key
     assert result["kernels"] == kernels.kernel_path()
     assert result["batch_size"] == 4 and result["steps"] == 2
@@ -109,7 +110,8 @@ def test_bench_command_json(cnn_config):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["kernels"] == "numpy" and report["config"] == "tiny_cnn"
-    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mb", "layers", "kernels", "threads"} <= set(report)
+    assert {"train_img_per_s", "forward_img_per_s", "peak_rss_mib", "layers", "kernels", "threads"} <= set(report)
+    assert report["peak_traced_mib"] is None  # no warm-up steps to trace
 
 
 def test_bench_command_table(cnn_config):
@@ -143,3 +145,49 @@ def test_bench_runs_the_training_step_and_its_guard(cnn_config, tmp_path):
     result = CliRunner().invoke(app, ["bench", str(diverging), "--batch-size", "4", "--steps", "3", "--warmup", "0"])
     assert result.exit_code == 2 and result.output.count("error:") == 1 and "Traceback" not in result.output
     assert "went non-finite on random inputs" in result.output and "train.optimizer.lr" in result.output
+
+
+def test_benchmark_reports_gflops_per_layer_and_the_share_of_the_sgemm_peak(cnn_config):
+    config = load_config(cnn_config)
+    result = benchmark(config, batch_size=4, steps=2, warmup=0)
+    model = build_model(config)
+    layers = dict(model.named_layers())
+    rows = {row["name"]: row for row in result["layers"]}
+    first = model.first_leaf()
+    for name, layer in layers.items():
+        row = rows[name]
+        if layer.children() or layer.macs() == 0:
+            assert row["forward_gflops"] is None and row["backward_gflops"] is None, name
+            continue
+        flops = 2 * layer.macs() * 4
+        assert row["forward_gflops"] == pytest.approx(flops / row["forward_ms"] / 1e6)
+        backward = flops if layer is first else 2 * flops  # the first layer has no input gradient
+        assert row["backward_gflops"] == pytest.approx(backward / row["backward_ms"] / 1e6)
+    assert rows["conv2d_1"]["forward_gflops"] is not None and rows["dense_1"]["backward_gflops"] is not None
+    assert result["forward_gflops"] == pytest.approx(2 * model.macs() * 4 / result["forward_ms"] / 1e6)
+    assert result["sgemm_peak_gflops"] > 0
+    assert result["peak_fraction"] == pytest.approx(result["train_gflops"] / result["sgemm_peak_gflops"])
+    assert 0 < result["train_gflops"]
+
+
+def test_bench_table_shows_gflops_and_the_peak(cnn_config):
+    result = CliRunner().invoke(app, ["bench", str(cnn_config), "--batch-size", "2", "--steps", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "GFLOP/s" in result.output and "sgemm peak" in result.output
+
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_summarize_memory_estimate_is_within_1_5x_of_the_measured_peak(path, monkeypatch):
+    """The NumPy arrays' peak (tracemalloc, from building the model through two training steps) against
+    summarize's total_training. Traced allocations rather than the process's RSS: they are exact, count
+    only what the model allocates (not the interpreter's and libraries' baseline, nor earlier tests in
+    this process, which a lifetime peak RSS would include), and do not depend on how the allocator
+    returns pages. The NumPy kernels, whose allocations are all traced (numba's are not), and the
+    kernels' per-thread scratch emptied first, as in a fresh process (it only grows)."""
+    monkeypatch.setattr(kernels.pool, "_SCRATCH", {})
+    result = benchmark(load_config(path), batch_size=16, steps=1, warmup=2, use_fast=False, layer_steps=1)
+    measured, estimated = result["peak_traced_mib"], result["estimated_mib"]
+    assert measured / 1.5 <= estimated <= 1.5 * measured, (measured, estimated)

@@ -133,7 +133,7 @@ def test_summarize_table(runner):
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in ("total params: 271,098", "trainable params: 269,722", "non-trainable params: 1,376",
-                 "MACs per sample:", "memory (MB, float32, batch 128)", "4.1", "32x32x16", "global_avgpool2d"):
+                 "MACs per sample:", "memory (MiB, float32, batch 128)", "4.1", "32x32x16", "global_avgpool2d"):
         assert text in out
     assert "…" not in out  # numbers are never cut
 

@@ -704,3 +704,15 @@ def test_horizontal_flip_extremes():
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(horizontal_flip(x, rng, p=1.0), x[..., ::-1])
     np.testing.assert_array_equal(horizontal_flip(x, rng, p=0.0), x)
+
+
+def test_describe_copy_says_which_copy_of_the_data_is_used(tmp_path):
+    fashion = D.DataSpec(dataset="fashion_mnist")
+    shipped = D.describe_copy(fashion, locate.REPO_DATA_DIR / "fashion-mnist-subset")
+    assert shipped.startswith("the Fashion-MNIST subset shipped with nettrain") and "fashion-mnist-subset" in shipped
+    full = D.describe_copy(fashion, locate.SYSTEM_FASHION_MNIST_DIR)
+    assert full == f"the full Fashion-MNIST set (Debian's dataset-fashion-mnist) in {locate.SYSTEM_FASHION_MNIST_DIR}"
+    assert D.describe_copy(fashion, tmp_path) == f"fashion_mnist in {tmp_path.resolve()}"
+    cut = D.describe_copy(D.DataSpec(dataset="fashion_mnist", subset=500), tmp_path)
+    assert cut.endswith("first 500 training samples (data.subset)")
+    assert D.describe_copy(D.DataSpec(dataset="synthetic"), None).startswith("synthetic")

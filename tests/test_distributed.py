@@ -164,7 +164,8 @@ def test_bench_reports_the_global_throughput_of_the_ranks():
     result = json.loads(done.stdout)
     assert result["ranks"] == 2 and result["threads"] == 1 and result["batch_size"] == 16
     assert result["train_img_per_s"] == pytest.approx(16 / (result["train_step_ms"] / 1e3))
-    assert result["peak_rss_mb_all_ranks"] >= result["peak_rss_mb"] > 0
+    assert result["peak_rss_mib_all_ranks"] >= result["peak_rss_mib"] > 0
+    assert result["peak_fraction"] == pytest.approx(result["train_gflops"] / result["sgemm_peak_gflops"])
 
 
 # --------------------------------------------------------------------------- faults
@@ -226,10 +227,10 @@ def test_sigterm_stops_every_rank_after_one_step_and_the_run_resumes(tmp_path, o
     os.kill(proc.pid, signal.SIGTERM)  # mpiexec forwards it to every rank
     code, out, err, _ = finish(proc, 120)
     assert code == 143, err
-    assert f"resume with: mpiexec -n 2 nettrain train configs/quickstart.yaml --resume {run_dir}" in err
+    assert f"resume with: mpiexec -n 2 nettrain train --resume {run_dir}" in err
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.npz")
     assert ckpt.epoch == 0 and 0 < ckpt.batch < 16, "stopped mid-epoch"
-    done = run(mpiexec_argv(2, [*args[:-2], "--resume", str(run_dir)]))
+    done = run(mpiexec_argv(2, ["train", "--resume", str(run_dir), "-q"]))  # the run folder's own config
     assert done.returncode == 0, done.stderr
     assert_close(weights(one_process), weights(run_dir))
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 2

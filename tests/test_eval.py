@@ -158,21 +158,78 @@ def test_predict_matches_eval_on_raw_npz_and_images(npz_run, tmp_path, monkeypat
     # the same test images, prepared by the data loader as in training
     bundle = load_data(trained.config.data, trained.model.input_shape, trained.config.train.seed)
     expected = trained.model.forward(bundle.test.x, training=False).argmax(axis=1)
-    assert [r["label"] for r in results] == expected.tolist()
+    assert [r["class"] for r in results] == expected.tolist()
     assert all(0.0 < r["probability"] <= 1.0 for r in results)
-    assert all(r["top"][0]["probability"] >= r["top"][1]["probability"] for r in results)
+    assert all(r["top_k"][0]["probability"] >= r["top_k"][1]["probability"] for r in results)
 
     pil = pytest.importorskip("PIL.Image")
     image = tmp_path / "sample.png"
     pil.fromarray(raw["x_test"][0, :, :, 0]).save(image)
     from_image = predict(trained, [image])[0]
-    assert from_image["label"] == results[0]["label"]
+    assert from_image["class"] == results[0]["class"]
     assert from_image["probability"] == pytest.approx(results[0]["probability"], rel=1e-5)
 
     monkeypatch.chdir(tmp_path)
     table = runner.invoke(app, ["predict", str(run_dir), "sample.png", "batch.npz"])
     assert table.exit_code == 0, table.output
     assert "sample.png" in table.output and "batch.npz[29]" in table.output
+
+
+def test_predict_reads_folders_npy_and_single_images_without_pillow(npz_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # arrays need no Pillow
+    run_dir, data_file = npz_run
+    trained = load_trained(run_dir)
+    x = read_npz(data_file)["x_test"]  # (30, 8, 8, 1) uint8
+    expected = [r["class"] for r in predict(trained, [write_npz(tmp_path / "batch.npz", x=x)])]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    np.save(folder / "b_one_hw.npy", x[1, :, :, 0])  # one (8, 8) image, no batch axis
+    np.savez(folder / "a_one.npz", x=x[0, :, :, 0])
+    np.save(folder / "c_one_hwc.npy", x[2])  # (8, 8, 1)
+    np.save(folder / "d_batch.npy", x[3:6])
+    (folder / "notes.txt").write_text("not an input")
+    results = predict(trained, [folder], top=2)
+    assert [r["file"] for r in results] == [str(folder / "a_one.npz[0]"), str(folder / "b_one_hw.npy[0]"),
+                                            str(folder / "c_one_hwc.npy[0]")] + [
+        str(folder / f"d_batch.npy[{i}]") for i in range(3)]
+    assert [r["class"] for r in results] == expected[:6]
+    assert all(len(r["top_k"]) == 2 and r["name"] == r["top_k"][0]["name"] for r in results)
+
+    as_json = runner.invoke(app, ["predict", str(run_dir), str(folder), "--format", "json", "--top-k", "3"])
+    assert as_json.exit_code == 0, as_json.output
+    parsed = json.loads(as_json.stdout)
+    assert [r["class"] for r in parsed] == expected[:6] and len(parsed[0]["top_k"]) == 3
+    assert {"file", "class", "name", "probability", "top_k"} == parsed[0].keys()
+    as_csv = runner.invoke(app, ["predict", str(run_dir), str(folder / "d_batch.npy"), "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    lines = as_csv.stdout.splitlines()
+    assert lines[0] == "file,class,name,probability,top_k" and len(lines) == 4
+    assert lines[1].startswith(f"{folder / 'd_batch.npy'}[0],{expected[3]},")
+    monkeypatch.chdir(folder)
+    table = runner.invoke(app, ["predict", str(run_dir), "b_one_hw.npy"])
+    assert table.exit_code == 0 and "b_one_hw.npy[0]" in table.output
+
+
+def test_predict_errors_in_order(npz_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    run_dir, _ = npz_run
+    (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 7), np.float32))
+    (tmp_path / "broken.npy").write_bytes(b"not an array")
+    for name, message in [("nope", "nope: file not found"), ("nope.npy", "nope.npy: file not found"),
+                          ("empty", "empty: a folder without images, .npz or .npy files"),
+                          ("broken.npy", "broken.npy: not a readable .npy array"),
+                          ("wrong.npy", "wrong.npy: samples of shape")]:
+        result = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / name)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert message in result.output and "Pillow" not in result.output, result.output
+    bad_format = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "wrong.npy"), "--format", "xml"])
+    assert bad_format.exit_code == 2 and "table, json or csv" in bad_format.output
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
 
 
 def test_cli_eval_table_and_errors(run, tmp_path):

@@ -236,7 +236,7 @@ def test_include_normalization_agrees_with_predict(tiny_run, tmp_path):
     logits = session.run(None, {"pixels": pixels})[0].astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
-    assert [r["label"] for r in expected] == list(probs.argmax(axis=1))
+    assert [r["class"] for r in expected] == list(probs.argmax(axis=1))
     for row, p in zip(expected, probs):
         assert row["probability"] == pytest.approx(p.max(), abs=1e-5)
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}

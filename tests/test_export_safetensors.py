@@ -72,7 +72,7 @@ def test_eval_and_predict_accept_safetensors(run, exported, tmp_path):
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8))
     expected = predict(load_trained(run.run_dir), [tmp_path / "x.npz"])
     got = predict(load_trained(exported), [tmp_path / "x.npz"])
-    assert [(r["label"], r["probability"]) for r in got] == [(r["label"], r["probability"]) for r in expected]
+    assert [(r["class"], r["probability"]) for r in got] == [(r["class"], r["probability"]) for r in expected]
     result = runner.invoke(app, ["eval", str(exported), "--format", "json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["accuracy"] == from_checkpoint["accuracy"]
 

@@ -68,6 +68,81 @@ def test_im2col_and_col2im_match_the_reference(g):
     np.testing.assert_allclose(got_dx, expect_dx, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("g", GEOMETRIES, ids=lambda g: f"{g.in_chw}-k{g.kernel}-s{g.stride}-d{g.dilation}-p{g.pad}")
+def test_im2row_and_row2im_match_the_reference(g):
+    rng = np.random.default_rng(sum(g.in_chw) + sum(g.pad) + 1)
+    n = int(rng.integers(1, 4))
+    x = rng.standard_normal((n, *g.in_chw)).astype(np.float32)
+    shape = (n * g.pixels, g.rows)
+    expect = reference.im2row(x, g, np.empty(shape, np.float32))
+    np.testing.assert_array_equal(NUMBA.im2row(x, g, np.full(shape, np.nan, np.float32)), expect)
+    rows = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(NUMBA.row2im(rows, g, np.full_like(x, np.nan)),
+                               reference.row2im(rows, g, np.empty_like(x)), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_channels_last_layout_changes_match_the_reference(with_bias):
+    rng = np.random.default_rng(2)
+    n, f, p = 3, 5, 7
+    z = rng.standard_normal((n * p, f)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32) if with_bias else None
+    expect = reference.rows_to_images(z, bias, np.empty((n, f, p), np.float32))
+    np.testing.assert_array_equal(NUMBA.rows_to_images(z, bias, np.empty((n, f, p), np.float32)), expect)
+    y = rng.standard_normal((n, f, p)).astype(np.float32)
+    np.testing.assert_array_equal(NUMBA.images_to_rows(y, np.empty((n * p, f), np.float32)),
+                                  reference.images_to_rows(y, np.empty((n * p, f), np.float32)))
+
+
+CHANNELS_LAST_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
+    ((3, 16, 9, 9), 16, (3, 3), (1, 1), "same", (1, 1)),  # ResNet-like, odd size
+    ((2, 8, 8, 8), 12, (3, 3), (2, 2), "same", (1, 1)),  # downsampling: asymmetric same padding
+    ((2, 9, 7, 6), 5, (2, 2), (2, 2), "same", (1, 1)),  # even kernel, odd input
+    ((2, 10, 9, 5), 3, (4, 2), (1, 1), "same", (1, 1)),  # even kernel, stride 1: asymmetric pad
+    ((1, 8, 9, 9), 4, (3, 3), (1, 1), "valid", (2, 2)),  # dilation
+    ((1, 11, 9, 8), 6, (3, 2), (2, 1), "same", (2, 3)),
+    ((2, 12, 12, 12), 24, (5, 5), (1, 1), 2, (1, 1)),  # alexnet_100's second convolution
+    ((2, 8, 12, 12), 5, (4, 4), (4, 4), "valid", (1, 1)),  # patchifying: the rows are kept
+    ((2, 3, 10, 10), 4, (3, 3), (1, 1), "same", (1, 1)),  # RGB: channels first
+]
+
+
+@pytest.mark.parametrize("min_channels", [None, 1])
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CHANNELS_LAST_CASES)
+def test_conv2d_channels_last_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation,
+                                            min_channels):
+    """Forward and all gradients of the compiled convolution against float64 loops, chunk by chunk."""
+    import naive
+    from nettrain.kernels import gemm
+
+    if min_channels is not None:  # every layer channels last, RGB included
+        monkeypatch.setattr(gemm, "MIN_CHANNELS", min_channels)
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    rng = np.random.default_rng(sum(shape))
+    layer.build(shape[1:], rng)
+    g = layer.geometry
+    assert gemm.channels_last(g, NUMBA) == (shape[1] >= gemm.MIN_CHANNELS)
+    w, b = layer.params["kernel"], rng.standard_normal(filters).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, stride, layer.pad, dilation)
+    dy = rng.standard_normal(expect.shape)
+    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, stride,
+                                                            layer.pad, dilation)
+    for keep in (None, {}):
+        y = kernels.conv2d_forward(x, w, b, g, NUMBA, keep)
+        np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
+        dx, dw, db = kernels.conv2d_backward(x, w, dy.astype(np.float32), g, True, NUMBA, True, keep)
+        np.testing.assert_allclose(dx, dx_expect, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dw, dw_expect, rtol=1e-4, atol=1e-4 * np.abs(dw_expect).max())
+        np.testing.assert_allclose(db, db_expect, rtol=1e-4, atol=1e-4)
+        assert dw.flags.c_contiguous and dw.dtype == np.float32
+    _, dw_only, _ = kernels.conv2d_backward(x, w, dy.astype(np.float32), g, False, NUMBA, False)
+    np.testing.assert_allclose(dw_only, dw, rtol=1e-6, atol=1e-6)
+
+
 def test_im2col_of_a_chunk_matches_the_rows_of_the_whole_batch():
     g = kernels.ConvGeometry((3, 8, 8), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (8, 8))
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)

@@ -44,6 +44,93 @@ def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation)
         assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(shape[2:], stride))
 
 
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
+def test_im2row_and_row2im_are_im2col_and_col2im_with_the_channels_last(shape, filters, kernel, stride, padding,
+                                                                      dilation):
+    from nettrain.kernels import reference
+
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    layer.build(shape[1:], np.random.default_rng(0))
+    g, n, (kh, kw) = layer.geometry, shape[0], kernel
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    cols = reference.im2col(x, g, np.empty((g.rows, n * g.pixels), np.float32))
+    rows = reference.im2row(x, g, np.full((n * g.pixels, g.rows), np.nan, np.float32))
+    as_rows = cols.reshape(shape[1], kh, kw, -1).transpose(3, 1, 2, 0).reshape(n * g.pixels, -1)
+    np.testing.assert_array_equal(rows, as_rows)
+    drows = np.random.default_rng(2).standard_normal(rows.shape).astype(np.float32)
+    dcols = np.ascontiguousarray(drows.reshape(-1, kh, kw, shape[1]).transpose(3, 1, 2, 0)).reshape(g.rows, -1)
+    np.testing.assert_allclose(reference.row2im(drows, g, np.full_like(x, np.nan)),
+                               reference.col2im(dcols, g, np.empty_like(x)), rtol=1e-6, atol=1e-6)
+    z = np.random.default_rng(3).standard_normal((n * g.pixels, filters)).astype(np.float32)
+    bias = np.arange(filters, dtype=np.float32)
+    np.testing.assert_array_equal(reference.rows_to_images(z, bias, np.empty((n, filters, g.pixels), np.float32)),
+                                  reference.samples_major(np.ascontiguousarray(z.T), bias,
+                                                          np.empty((n, filters, g.pixels), np.float32)))
+    y = z.reshape(n, g.pixels, filters).transpose(0, 2, 1).copy()
+    np.testing.assert_array_equal(reference.images_to_rows(y, np.empty_like(z)), z)
+
+
+SHIFTED_CASES = [  # stride 1: (N, C, H, W), filters, kernel, padding, dilation
+    ((3, 16, 9, 9), 16, (3, 3), "same", (1, 1)),  # ResNet-like, odd size
+    ((2, 8, 8, 8), 12, (3, 3), "valid", (1, 1)),
+    ((2, 9, 9, 5), 3, (4, 2), "same", (1, 1)),  # even kernel: asymmetric pad
+    ((1, 8, 9, 9), 4, (3, 3), "valid", (2, 2)),  # dilation
+    ((1, 11, 9, 8), 6, (3, 2), "same", (2, 3)),  # dilated same, non-square
+    ((2, 12, 12, 12), 24, (5, 5), 2, (1, 1)),  # alexnet_100's second convolution
+    ((2, 8, 6, 7), 5, (1, 1), "valid", (1, 1)),  # 1x1
+    ((2, 3, 7, 7), 4, (3, 3), 2, (1, 1)),  # RGB, padding wider than the kernel needs
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,filters,kernel,padding,dilation", SHIFTED_CASES)
+def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, kernel, padding, dilation, dtype):
+    """The per-offset GEMMs (forward and all gradients) against float64 loops, chunk by chunk."""
+    from nettrain.kernels import gemm
+
+    monkeypatch.setattr(gemm, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 25)
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), padding=padding, dilation=list(dilation)))
+    rng = np.random.default_rng(sum(shape))
+    layer.build(shape[1:], rng)
+    g = layer.geometry
+    assert gemm.by_offsets(g, kernels.NUMPY)
+    w, b = layer.params["kernel"].astype(dtype), rng.standard_normal(filters).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, (1, 1), layer.pad, dilation)
+    dy = rng.standard_normal(expect.shape)
+    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, (1, 1),
+                                                            layer.pad, dilation)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    y = kernels.conv2d_forward(x, w, b, g, kernels.NUMPY)
+    assert y.dtype == dtype and y.shape == expect.shape
+    np.testing.assert_allclose(y, expect, rtol=tol, atol=tol)
+    dx, dw, db = kernels.conv2d_backward(x, w, dy.astype(dtype), g, True, kernels.NUMPY, True)
+    np.testing.assert_allclose(dx, dx_expect, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, dw_expect, rtol=tol, atol=tol * np.abs(dw_expect).max())
+    np.testing.assert_allclose(db, db_expect, rtol=tol, atol=tol)
+    assert dw.flags.c_contiguous and dw.dtype == dtype
+    none, dw_only, no_bias = kernels.conv2d_backward(x, w, dy.astype(dtype), g, False, kernels.NUMPY, False)
+    assert none is None and no_bias is None
+    np.testing.assert_allclose(dw_only, dw, rtol=1e-6, atol=1e-6)
+
+
+def test_only_small_stride_1_kernels_with_enough_channels_run_by_offsets():
+    from nettrain.kernels import gemm
+
+    def geometry(c, kernel, stride):
+        return kernels.ConvGeometry((c, 8, 8), kernel, stride, (1, 1), (0, 0, 0, 0), (2, 2))
+
+    assert gemm.by_offsets(geometry(16, (3, 3), (1, 1)), kernels.NUMPY)
+    assert not gemm.by_offsets(geometry(16, (3, 3), (2, 2)), kernels.NUMPY)
+    assert not gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert not gemm.by_offsets(geometry(3, (3, 3), (1, 1)), kernels.NUMPY)
+
+
 POOL_CASES = [
     ((2, 3, 8, 8), (2, 2), (2, 2), "valid"),  # non-overlapping
     ((2, 3, 25, 25), (3, 3), (2, 2), "valid"),  # overlapping (AlexNet-like)

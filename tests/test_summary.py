@@ -82,17 +82,63 @@ def test_counts_are_exact_for_a_small_conv_net(residual_summary):
 
 def test_memory_follows_its_stated_definition(residual_summary):
     s = residual_summary
-    m = s.memory_mb
+    m = s.memory_mib
+    mib = 2**20
     model = build_model(config_from_dict(RESIDUAL_NET))
     outputs = sum(math.prod(layer.out_shape) for _, layer in model.named_layers())
     assert s.optimizer_slots == 2  # adam: m and v
-    assert m["parameters"] == pytest.approx(s.total_params * 4 / 1e6, abs=1e-4)
-    assert m["gradients"] == pytest.approx(s.trainable_params * 4 / 1e6, abs=1e-4)
-    assert m["optimizer_state"] == pytest.approx(2 * s.trainable_params * 4 / 1e6, abs=1e-4)
-    assert m["activations_forward"] == pytest.approx(outputs * 16 * 4 / 1e6, abs=1e-4)
-    assert m["activations_training"] == pytest.approx(2 * m["activations_forward"], abs=1e-4)
-    total = m["parameters"] + m["gradients"] + m["optimizer_state"] + m["activations_training"]
+    assert m["parameters"] == pytest.approx(s.total_params * 4 / mib, abs=1e-4)
+    assert m["gradients"] == pytest.approx(s.trainable_params * 4 / mib, abs=1e-4)
+    assert m["optimizer_state"] == pytest.approx(2 * s.trainable_params * 4 / mib, abs=1e-4)
+    assert m["inputs"] == pytest.approx(16 * 72 * 4 / mib, abs=1e-4)
+    assert m["activations_forward"] == pytest.approx(outputs * 16 * 4 / mib, abs=1e-4)
+    # kept: conv and batchnorm outputs (read by the next batchnorm, conv), the ReLU's and the block's
+    # (read by their own backward), the projection conv's (read by its batchnorm), the pooled vector
+    # (read by dense); not: the body conv's (its ReLU reads only its output), the branch ends, the logits
+    assert m["outputs_kept"] == pytest.approx(16 * 4 * (144 + 144 + 72 + 72 + 72 + 8) / mib, abs=1e-4)
+    # the 1x1 stride-2 projection keeps its im2col columns (4 rows x 9 pixels), no other layer keeps more
+    assert m["cached_for_backward"] == pytest.approx(16 * 4 * 36 / mib, abs=1e-4)
+    assert m["backward_gradients"] == pytest.approx(16 * 4 * (144 + 144) / mib, abs=1e-4)  # the batchnorm's
+    training = m["outputs_kept"] + m["cached_for_backward"] + m["backward_gradients"]
+    assert m["activations_training"] == pytest.approx(training, abs=1e-3)
+    total = (m["parameters"] + m["gradients"] + m["optimizer_state"] + m["inputs"] + m["activations_training"]
+             + m["kernel_scratch"])
     assert m["total_training"] == pytest.approx(total, abs=1e-3)
+
+
+def test_layers_count_what_they_keep_for_backward():
+    def built(layers, input_shape):
+        return build_model(config_from_dict({"model": {"input_shape": input_shape, "layers": layers}}))
+
+    n = 10
+    model = built([{"type": "dropout", "rate": 0.5}, {"type": "maxpool2d", "pool_size": 2},
+                   {"type": "conv2d", "filters": 3, "kernel_size": 1, "activation": "leaky_relu"},
+                   {"type": "flatten"}], [8, 8, 2])
+    drop, pool, conv, flat = model.layers
+    assert drop.cache_bytes(n) == n * 128 * 4  # the float32 mask
+    assert pool.cache_bytes(n) == n * 32 * 1  # int8 window offsets of the argmax
+    assert conv.cache_bytes(n) == n * 2 * 16 * 4 + n * 48 * 4  # 1x1 columns kept, and the pre-activation
+    assert flat.output_bytes(n) == 0  # a view
+    t, f, u = 7, 5, 6
+    lstm = built([{"type": "lstm", "units": u, "return_sequences": True}], [t, f]).layers[0]
+    gru = built([{"type": "gru", "units": u}], [t, f]).layers[0]
+    lstm.input_grad = True
+    # xs, gates, h, dh_out, dx, then c, tanh_c, da, dh_next, dc
+    assert lstm.cache_bytes(n) == n * 4 * (t * f + t * 4 * u + (t + 1) * u + t * u + t * f
+                                           + (t + 1) * u + t * u + t * 4 * u + 2 * u)
+    gru.input_grad = False  # a first layer: no dx
+    assert gru.cache_bytes(n) == n * 4 * (t * f + t * 3 * u + (t + 1) * u + u + t * u + 2 * t * 3 * u + 2 * u)
+    # a weight gradient split over threads adds one partial sum per thread while the backward pass runs
+    dense = built([{"type": "dense", "units": 256}], [512]).layers[0]
+    grads = 64 * (512 + 256) * 4
+    assert dense.backward_bytes(64, workers=1) == grads
+    assert dense.backward_bytes(64, workers=4) == grads + 4 * 512 * 256 * 4
+    # what a training forward and backward of the LSTM leave allocated, besides the output, is what it counts
+    x = np.random.default_rng(0).standard_normal((n, t, f)).astype(np.float32)
+    y = lstm.forward(x, training=True)
+    lstm.backward(np.ones_like(y))
+    kept = sum(buf.nbytes for buf in lstm._work.values())
+    assert kept == lstm.cache_bytes(n)
 
 
 @pytest.mark.parametrize("spec, slots", [
@@ -111,7 +157,7 @@ def test_optimizer_slots(spec, slots):
 
 def test_json_has_the_promised_keys(residual_summary):
     data = json.loads(json.dumps(residual_summary.to_dict()))
-    for key in ("layers", "total_params", "trainable_params", "non_trainable_params", "total_macs", "memory_mb",
+    for key in ("layers", "total_params", "trainable_params", "non_trainable_params", "total_macs", "memory_mib",
                 "memory_definition"):
         assert key in data
     for layer in data["layers"]:
@@ -176,3 +222,23 @@ def test_shipped_resnet_summary_totals():
     assert summary.non_trainable_params == 1_376
     assert summary.batch_size == 128
     assert summary.optimizer_slots == 1  # sgd with momentum
+
+
+def test_depth_collapses_residual_bodies(residual_summary):
+    top = residual_summary.up_to_depth(0)
+    assert [r.index for r in top.rows] == ["1", "2", "3", "4", "5"]
+    assert top.total_params == residual_summary.total_params and top.rows[2].params == residual_summary.rows[2].params
+    assert residual_summary.up_to_depth(None) is residual_summary
+    assert len(residual_summary.up_to_depth(1).rows) == len(residual_summary.rows)
+    from typer.testing import CliRunner
+
+    from nettrain.cli import app
+
+    result = CliRunner().invoke(app, ["summarize", str(ROOT / "configs" / "cifar_resnet.yaml"), "--depth", "0",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.stdout)["layers"]
+    assert layers and all(layer["depth"] == 0 for layer in layers)
+    full = json.loads(CliRunner().invoke(app, ["summarize", str(ROOT / "configs" / "cifar_resnet.yaml"),
+                                               "--format", "json"]).stdout)["layers"]
+    assert len(full) > len(layers)

@@ -66,7 +66,8 @@ def test_resume_appends_without_duplicate_steps(tmp_path):
     first = trainer.fit(handle_signals=False)
     assert first.stopped == "interrupted" and first.epochs_done == 1  # stopped in the middle of epoch 2
     second = Trainer(tiny_config(tmp_path, epochs=3, overrides=overrides), resume=first.run_dir).fit()
-    third = Trainer(tiny_config(tmp_path, epochs=5, overrides=overrides), resume=first.run_dir).fit()
+    third = Trainer(tiny_config(tmp_path, epochs=5, overrides=overrides), resume=first.run_dir,
+                    allow_changes=True).fit()
     assert [r["epoch"] for r in third.rows] == [1, 2, 3, 4, 5] and second.epochs_done == 3
     assert len(list((first.run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 3  # one file per session
     assert_scalars_match(first.run_dir, third.rows)
@@ -80,10 +81,11 @@ def test_resume_hides_epochs_logged_after_the_checkpoint(tmp_path):
     first = Trainer(tiny_config(tmp_path, epochs=2, overrides=overrides)).fit()
     saved = tmp_path / "last_after_2.npz"
     shutil.copy(first.run_dir / "checkpoints" / "last.npz", saved)
-    Trainer(tiny_config(tmp_path, epochs=4, overrides=overrides), resume=first.run_dir).fit()  # logs epochs 3, 4
+    Trainer(tiny_config(tmp_path, epochs=4, overrides=overrides), resume=first.run_dir,
+            allow_changes=True).fit()  # logs epochs 3, 4
     shutil.copy(saved, first.run_dir / "checkpoints" / "last.npz")  # back to the end of epoch 2
     final = Trainer(tiny_config(tmp_path, epochs=3, overrides=overrides + ["train.optimizer.lr=0.05"]),
-                    resume=first.run_dir).fit()
+                    resume=first.run_dir, allow_changes=True).fit()
     assert [r["epoch"] for r in final.rows] == [1, 2, 3]
     assert_scalars_match(first.run_dir, final.rows)  # epoch 3 once, with the last session's values; no epoch 4
 

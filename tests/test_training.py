@@ -76,7 +76,7 @@ def test_one_epoch_then_resume_equals_two_epochs(tmp_path):
     straight, _ = fit(tiny_config(tmp_path, "straight", epochs=2))
     _, first = fit(tiny_config(tmp_path, "split", epochs=1))
     assert first.epochs_done == 1
-    resumed, result = fit(tiny_config(tmp_path, "split", epochs=2), resume=tmp_path / "split")
+    resumed, result = fit(tiny_config(tmp_path, "split", epochs=2), resume=tmp_path / "split", allow_changes=True)
     assert result.epochs_done == 2
     assert_same_state(straight, resumed)
     rows = csv_rows(tmp_path / "split")
@@ -149,7 +149,7 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path):
         f.write(",".join(str(bogus[c]) for c in METRIC_COLUMNS) + "\n")
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps(bogus) + "\n")
-    resumed, _ = fit(tiny_config(tmp_path, "run", epochs=2), resume=run)
+    resumed, _ = fit(tiny_config(tmp_path, "run", epochs=2), resume=run, allow_changes=True)
     assert without_time(csv_rows(run)) == without_time(csv_rows(tmp_path / "straight"))
     assert len(read_metrics(run / "metrics.jsonl")) == 2
 
@@ -380,6 +380,11 @@ def test_cli_train_and_one_line_errors(tmp_path):
     result = runner.invoke(app, ["train", str(path), "--quiet", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "epoch 1/1" in result.output and "run folder" in result.output
+    total = load_checkpoint(tmp_path / "out" / "checkpoints" / "last.npz")
+    trainable = sum(a.size for a in total.params.values())
+    assert f"{trainable + sum(a.size for a in total.buffers.values()):,} parameters ({trainable:,} trainable)" \
+        in result.output
+    assert "data: synthetic" in result.output
     assert len(csv_rows(tmp_path / "out")) == 1
     again = runner.invoke(app, ["train", str(path), "--quiet"])
     assert again.exit_code == 2
@@ -400,11 +405,118 @@ def test_cli_interrupt_prints_how_to_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(nettrain.console.ConsoleReporter, "batch_end", kill_at_step_2)
     result = runner.invoke(app, ["train", str(path), "--quiet"])
     assert result.exit_code == 143
-    assert f"nettrain train {path} --resume {tmp_path / 'out'}" in result.output
+    assert f"resume with: nettrain train --resume {tmp_path / 'out'}\n" in result.output
     monkeypatch.undo()
-    resumed = runner.invoke(app, ["train", str(path), "--quiet", "--resume", str(tmp_path / "out")])
+    resumed = runner.invoke(app, ["train", "--quiet", "--resume", str(tmp_path / "out")])
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in csv_rows(tmp_path / "out")] == [1, 2]
+
+
+def test_resume_from_the_run_folder_alone_is_exact(tmp_path):
+    """Stopped by a signal and by request_stop, resumed with the folder's own config: as if never stopped."""
+    from nettrain.training.resume import load_run_config
+
+    straight, _ = fit(tiny_config(tmp_path, "straight", epochs=3))
+    for name, (epoch, batch) in {"mid": (2, 3), "between": (2, 6)}.items():  # 6 batches an epoch
+        _, stopped = fit_interrupted(tiny_config(tmp_path, name, epochs=3), epoch=epoch, batch=batch)
+        assert stopped.stopped == "interrupted" and stopped.cursor == ((1, 3) if name == "mid" else (2, 0))
+        assert [r["epoch"] for r in csv_rows(tmp_path / name)] == ([1] if name == "mid" else [1, 2])
+        resumed, result = fit(load_run_config(tmp_path / name), resume=tmp_path / name)
+        assert result.stopped == "completed"
+        assert_same_state(straight, resumed)
+        rows = csv_rows(tmp_path / name)
+        assert [r["epoch"] for r in rows] == [1, 2, 3]
+        assert without_time(rows) == without_time(csv_rows(tmp_path / "straight"))
+
+
+def test_cli_resume_with_the_run_folder_alone_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    straight = write_config(tmp_path / "straight.yaml", tiny_config_dict(tmp_path / "straight", epochs=3))
+    assert runner.invoke(app, ["train", str(straight), "--quiet"]).exit_code == 0
+    path = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path / "out", epochs=3))
+    real = nettrain.console.ConsoleReporter.batch_end
+
+    def stop_in_epoch_2(self, epoch, batch, *args):
+        real(self, epoch, batch, *args)
+        if (epoch, batch) == (2, 4):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(nettrain.console.ConsoleReporter, "batch_end", stop_in_epoch_2)
+    stopped = runner.invoke(app, ["train", str(path), "--quiet", "--set", "train.log_every=2"])
+    assert stopped.exit_code == 130
+    monkeypatch.undo()
+    header = (tmp_path / "out" / "config.yaml").read_text().splitlines()[:2]
+    assert header == [f"# resolved from {path}", "#   --set train.log_every=2"]
+    resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "out"), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "config differs" not in resumed.output
+    assert (tmp_path / "out" / "config.yaml").read_text().splitlines()[:2] == header  # still says where from
+    rows = csv_rows(tmp_path / "out")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert without_time(rows) == without_time(csv_rows(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--epochs", "5"], "train.epochs (1 -> 5)"),
+    (["--batch-size", "16"], "train.batch_size (32 -> 16)"),
+    (["--set", "train.schedule.type=cosine"], "train.schedule"),
+    (["--set", "model.layers[0].activation=tanh"], "model.layers[0].activation ('relu' -> 'tanh')"),
+])
+def test_cli_resume_refuses_a_new_architecture_or_schedule_length(tmp_path, args, key):
+    path = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path / "out", epochs=2))
+    assert runner.invoke(app, ["train", str(path), "--quiet", "--epochs", "1"]).exit_code == 0
+    run = tmp_path / "out"
+    saved = (run / "config.yaml").read_bytes()
+    last = (run / "checkpoints" / "last.npz").read_bytes()
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--quiet", *args])
+    assert refused.exit_code == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "--allow-changes" in lines[0], refused.stderr
+    assert (run / "config.yaml").read_bytes() == saved  # not overwritten by the refused change
+    assert (run / "checkpoints" / "last.npz").read_bytes() == last
+    allowed = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--allow-changes", *args])
+    assert allowed.exit_code == 0, allowed.output
+    assert "config differs" in allowed.output and key.split(" ")[0] in allowed.output
+
+
+def test_cli_resume_with_another_config_names_the_changed_keys(tmp_path):
+    path = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path / "out", epochs=1))
+    assert runner.invoke(app, ["train", str(path), "--quiet"]).exit_code == 0
+    other = tiny_config_dict(tmp_path / "out", epochs=1)
+    other["train"]["optimizer"]["lr"] = 0.02
+    other_path = write_config(tmp_path / "other.yaml", other)
+    result = runner.invoke(app, ["train", str(other_path), "--resume", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "config differs" in result.output and "train.optimizer.lr" in result.output
+    assert "lr: 0.02" in (tmp_path / "out" / "config.yaml").read_text()  # an allowed change is kept
+
+
+def test_cli_double_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch):
+    path = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path / "out", epochs=2))
+
+    def abort_in_epoch_2(self, epoch, batch, *args):
+        if (epoch, batch) == (2, 2):
+            raise KeyboardInterrupt  # what the second SIGINT raises
+
+    monkeypatch.setattr(nettrain.console.ConsoleReporter, "batch_end", abort_in_epoch_2)
+    result = runner.invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 130
+    assert f"resume with: nettrain train --resume {tmp_path / 'out'}\n" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_train_needs_a_config_or_a_run_folder(tmp_path):
+    result = runner.invoke(app, ["train", "--quiet"])
+    assert result.exit_code == 2 and "--resume RUN_DIR" in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_train_flags_are_their_overrides(tmp_path):
+    path = write_config(tmp_path / "tiny.yaml", tiny_config_dict(tmp_path / "flags", epochs=3))
+    flags = ["--epochs", "1", "--batch-size", "16", "--lr", "0.005", "--seed", "3", "--threads", "1"]
+    assert runner.invoke(app, ["train", str(path), "--quiet", *flags]).exit_code == 0
+    sets = ["train.epochs=1", "train.batch_size=16", "train.optimizer.lr=0.005", "train.seed=3"]
+    config = load_config(path, sets + [f"output.dir={tmp_path / 'flags'}"])
+    saved = load_config(tmp_path / "flags" / "config.yaml")
+    assert saved.resolved == config.resolved
 
 
 # --------------------------------------------------------------------------- end to end

@@ -93,8 +93,8 @@ def read_yaml_text(path: FilePath, source: str, what: str, max_bytes: int) -> st
         raise ConfigError(f"{source}: no such file" if not path.exists() else f"{source}: is a directory, not a {what}")
     size = path.stat().st_size
     if size > max_bytes:
-        raise ConfigError(f"{source}: {size / 1e6:.1f} MB is too large for a {what} "
-                          f"(the limit is {max_bytes // (1024 * 1024)} MB)")
+        raise ConfigError(f"{source}: {size / 2**20:.1f} MiB is too large for a {what} "
+                          f"(the limit is {max_bytes // 2**20} MiB)")
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:

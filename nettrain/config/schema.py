@@ -118,7 +118,8 @@ class TrainSpec(StrictModel):
         "a step whose loss or gradients are not finite: `stop` ends the run with an error naming the step and "
         "the first layer (or parameter gradient) that went non-finite; `skip` drops the step as if it never ran"))
     log_every: PositiveInt = Field(50, description=(
-        "steps between updates of the loss and accuracy shown on the progress bar"))
+        "steps between updates of the loss and accuracy shown on the progress bar, or between progress "
+        "lines when stdout is not a terminal (nohup, CI logs)"))
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description=(
         "data-parallel training over MPI (see below); `train.batch_size` is the global batch"))
 

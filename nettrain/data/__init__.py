@@ -36,7 +36,8 @@ _MODULES = {  # module: the names it exports
     "image_folder": ("read_image_folder", "read_image_folder_dataset"),
     "synthetic": ("make_synthetic",),
     "spec": ("AugmentSpec", "DataSpec", "SyntheticSpec"),
-    "locate": ("REPO_DATA_DIR", "SYSTEM_FASHION_MNIST_DIR", "dataset_candidates", "locate_data", "path_candidates"),
+    "locate": ("REPO_DATA_DIR", "SYSTEM_FASHION_MNIST_DIR", "dataset_candidates", "describe_copy", "locate_data",
+               "path_candidates"),
     "load": ("DataBundle", "Split", "channel_stats", "load_data", "normalize_channels", "split_validation"),
     "batches": ("Batches", "augment_batch", "horizontal_flip", "random_crop"),
 }

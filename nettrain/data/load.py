@@ -14,7 +14,7 @@ from .cifar import read_cifar10
 from .common import RawData, Shape
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, read_idx_dataset
 from .image_folder import read_image_folder_dataset
-from .locate import locate_data
+from .locate import describe_copy, locate_data
 from .npz import read_npz_dataset
 from .spec import DataSpec, SyntheticSpec
 from .synthetic import make_synthetic
@@ -45,6 +45,7 @@ class DataBundle:
     classes: list[str]
     mean: np.ndarray | None
     std: np.ndarray | None
+    source: str = ""  # which copy of the data (describe_copy)
 
     @property
     def num_classes(self) -> int:
@@ -169,4 +170,6 @@ def _load_bundle(spec: DataSpec, input_shape: Shape | None, seed: int, config_di
         raise DataError(f"{source}: data.augment needs images (C, H, W), but samples are "
                         f"{format_shape(scaled['train'][0].shape[1:])}; remove data.augment")
     made = {k: Split(x, y.astype(np.int64)) for k, (x, y) in scaled.items()}
-    return DataBundle(made["train"], made.get("val"), made.get("test"), list(raw.classes), mean, std)
+    where = None if spec.dataset == "synthetic" else locate_data(spec, config_dir)
+    return DataBundle(made["train"], made.get("val"), made.get("test"), list(raw.classes), mean, std,
+                      describe_copy(spec, where))

@@ -66,3 +66,24 @@ def locate_data(spec: DataSpec, config_dir: Path | None = None) -> Path:
     if spec.dataset == "fashion_mnist":
         how += " or `apt-get install dataset-fashion-mnist`"
     raise DataError(f"{spec.dataset} data not found (looked in: {looked}); {how}, or set data.path")
+
+
+SHIPPED_SUBSET_DIR = REPO_DATA_DIR / "fashion-mnist-subset"
+
+
+def describe_copy(spec: DataSpec, path: Path | None) -> str:
+    """Which copy of the data a run uses, for its header: generated, the subset shipped with nettrain,
+    Debian's full Fashion-MNIST, or the path found; with ``data.subset`` when it cuts the training split."""
+    if spec.dataset == "synthetic" or path is None:
+        text = "synthetic (generated from the seed)"
+    else:
+        resolved = Path(path).resolve()
+        if resolved == SHIPPED_SUBSET_DIR.resolve():
+            text = f"the Fashion-MNIST subset shipped with nettrain (10,000 training images) in {path}"
+        elif resolved == SYSTEM_FASHION_MNIST_DIR.resolve():
+            text = f"the full Fashion-MNIST set (Debian's dataset-fashion-mnist) in {path}"
+        else:
+            text = f"{spec.dataset} in {resolved}"
+    if spec.subset is not None:
+        text += f", first {spec.subset:,} training samples (data.subset)"
+    return text

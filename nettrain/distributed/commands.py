@@ -141,8 +141,9 @@ def process_list(processes: list[tuple[str, int]]) -> str:
                      f"on {host}: {' '.join(pids)}" for host, first, pids in runs)
 
 
-def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) -> int:
-    """``nettrain train`` on every rank: one run, rank 0 writing it."""
+def train(config: Path | None, overrides: list[str], resume: Path | None, quiet: bool,
+          allow_changes: bool = False) -> int:
+    """``nettrain train`` on every rank: one run, rank 0 writing it (``config`` None: the run folder's)."""
     comm = connect()
     if comm is None:
         return 2
@@ -152,14 +153,17 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
 
     def body() -> int:
         def setup():
-            from ..config import load_config
+            from ..commands.training import train_config
             from .trainer import DistributedTrainer
 
-            cfg = load_config(config, overrides)
+            cfg = train_config(config, resume, overrides)
             if comm.is_root:
                 console.append(RanksConsoleReporter(threads_how, quiet=quiet, log_every=cfg.train.log_every))
             reporter = console[0] if console else Reporter()
-            return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter, stop=stop)
+            return DistributedTrainer(cfg, comm=comm, resume=resume, reporter=reporter, stop=stop,
+                                      allow_changes=allow_changes)
+
+        from ..commands.training import resume_command
 
         with stop.handling_signals():  # from the start: a signal during set-up stops after the first step
             trainer = set_up(comm, setup)
@@ -172,8 +176,8 @@ def train(config: Path, overrides: list[str], resume: Path | None, quiet: bool) 
                 epoch, batch = result.cursor
                 at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
                 print(f"interrupted at {at}; saved {result.run_dir / 'checkpoints' / 'last.npz'}", file=sys.stderr)
-                print(f"resume with: mpiexec -n {comm.size} nettrain train {config} --resume {result.run_dir}",
-                      file=sys.stderr, flush=True)
+                print(f"resume with: mpiexec -n {comm.size} {resume_command(result.run_dir)}", file=sys.stderr,
+                      flush=True)
             else:
                 out.print(f"run folder: {result.run_dir}")
         return result.exit_code
@@ -213,17 +217,28 @@ def bench(config: Path, overrides: list[str], batch_size: int, steps: int, warmu
             from ..config import load_config
 
             cfg = load_config(config, overrides)
+            if batch_size < comm.size:
+                raise NettrainError(f"--batch-size {batch_size} is the global batch: give at least one sample "
+                                    f"to each of the {comm.size} ranks")
             if use_fast and not compiled_available():
                 raise NettrainError("--fast needs numba; install it with: pip install 'nettrain[fast]'")
             agree(comm, {"version": __version__, "config": config_hash(cfg.to_yaml())})
             return cfg
 
         cfg = set_up(comm, setup)
+        start, stop = share(batch_size, comm.rank, comm.size)
         result = benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast,
-                           make_step=partial(BenchStep.from_spec, comm=comm),
-                           forward_rows=slice(*share(batch_size, comm.rank, comm.size)))
-        slowest = comm.allreduce_max(np.array([result["train_step_ms"], result["forward_ms"]], np.float64))
-        memory = comm.allgather(result["peak_rss_mb"])
+                           make_step=partial(BenchStep.from_spec, comm=comm), shard=slice(start, stop))
+        # the ranks step together: the global rates are the global batch over the slowest rank's times
+        mine = np.array([result["train_step_ms"], result["forward_ms"]], np.float64)
+        slowest = comm.allreduce_max(mine.copy())
+        memory = comm.allgather(result["peak_rss_mib"])
+        peak = float(comm.allreduce_sum(np.array([result["sgemm_peak_gflops"]], np.float64))[0])
+        train_gflops = result["train_gflops"] * mine[0] / slowest[0]
+        for row in result["layers"]:  # rank 0's own layers, on its rows of the batch
+            for key in ("forward_gflops", "backward_gflops"):
+                if row.get(key) is not None:
+                    row[key] *= (stop - start) / batch_size
         result.update({
             "ranks": comm.size,
             "layout": f"{comm.size} ranks x {result['threads']} thread(s) each ({threads_how})",
@@ -231,8 +246,12 @@ def bench(config: Path, overrides: list[str], batch_size: int, steps: int, warmu
             "train_img_per_s": batch_size / (slowest[0] / 1e3),
             "forward_ms": float(slowest[1]),
             "forward_img_per_s": batch_size / (slowest[1] / 1e3),
-            "peak_rss_mb": None if None in memory else max(memory),
-            "peak_rss_mb_all_ranks": None if None in memory else sum(memory),
+            "train_gflops": train_gflops,
+            "forward_gflops": result["forward_gflops"] * mine[1] / slowest[1],
+            "sgemm_peak_gflops": peak,
+            "peak_fraction": train_gflops / peak,
+            "peak_rss_mib": None if None in memory else max(memory),
+            "peak_rss_mib_all_ranks": None if None in memory else sum(memory),
         })
         outcome["result"] = result
         return 0

@@ -152,7 +152,7 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, config, *, comm, resume=None, reporter=None, data=None, model=None,
-                 stop: CollectiveStop | None = None):
+                 stop: CollectiveStop | None = None, allow_changes: bool = False):
         self.comm = comm
         self._collective_stop = stop or CollectiveStop()
         distributed = getattr(config.train, "distributed", None)
@@ -161,7 +161,7 @@ class DistributedTrainer(Trainer):
                                   stop=self._collective_stop)
         self.eval_class = partial(DistributedEvalLoop, comm=comm)
         self._resume_from: Checkpoint | None = None
-        super().__init__(config, resume=resume, reporter=reporter, data=data, model=model)
+        super().__init__(config, resume=resume, reporter=reporter, data=data, model=model, allow_changes=allow_changes)
         self.stop = self._collective_stop
 
     # -- start --------------------------------------------------------------------

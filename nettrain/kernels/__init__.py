@@ -8,7 +8,8 @@ to the GEMM drivers (:mod:`.gemm`), which run on the worker threads of :mod:`.po
 
     pool.py       worker threads, NETTRAIN_THREADS, even splits, per-thread scratch
     geometry.py   ConvGeometry: the shape of a 2-D window op
-    gemm.py       convolution by im2col + GEMM, threaded matrix products
+    gemm.py       convolution by im2col/im2row + GEMM, threaded matrix products
+    shifted.py    stride-1 convolution by one GEMM per kernel offset (the NumPy path)
     reference/    the NumPy kernels (conv, pooling, batchnorm, activations, recurrent)
     compiled/     the numba kernels, imported only when asked for
     dispatch.py   kernel sets by name, the choice NETTRAIN_FAST and numba make
@@ -21,7 +22,7 @@ from __future__ import annotations
 from .dispatch import (NUMPY, backend, compiled_available, compiled_enabled, kernel_path, kernel_set, set_compiled,
                        use_kernels)
 from .geometry import ConvGeometry, Pad4
-from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn
+from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn, matmul_tn_partials_bytes
 from .pool import blas, chunk_workers, over_batch, scratch
 from .reference.pooling import window_counts
 

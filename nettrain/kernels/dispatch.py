@@ -28,6 +28,10 @@ KERNEL_NAMES = (
     "col2im",
     "channels_major",
     "samples_major",
+    "im2row",
+    "row2im",
+    "rows_to_images",
+    "images_to_rows",
     "max_pool_forward",
     "max_pool_backward",
     "avg_pool_forward",
@@ -50,16 +54,22 @@ REFERENCE, COMPILED = "numpy", "numba"
 
 
 def build_kernel_set(name: str, found: Mapping[str, Callable], dtypes: Iterable | None = None,
-                     fallback: SimpleNamespace | None = None) -> SimpleNamespace:
+                     fallback: SimpleNamespace | None = None, conv_layout: str = "columns") -> SimpleNamespace:
     """The kernel set ``name`` from the functions in ``found``; a kernel missing there comes from ``fallback``.
 
-    Raises ValueError when a kernel is missing and there is no fallback.
+    ``conv_layout`` is the convolution GEMM layout the set runs faster: ``"columns"``
+    (im2col, channels first) or ``"rows"`` (im2row, channels last; see
+    :func:`nettrain.kernels.gemm.channels_last`). Raises ValueError when a kernel is
+    missing and there is no fallback.
     """
     missing = [k for k in KERNEL_NAMES if k not in found]
     if missing and fallback is None:
         raise ValueError(f"kernel set {name!r} lacks {', '.join(missing)}")
     kernels = {k: found[k] if k in found else getattr(fallback, k) for k in KERNEL_NAMES}
-    return SimpleNamespace(name=name, dtypes=None if dtypes is None else frozenset(map(np.dtype, dtypes)), **kernels)
+    if conv_layout not in ("columns", "rows"):
+        raise ValueError(f"kernel set {name!r}: conv_layout must be 'columns' or 'rows', got {conv_layout!r}")
+    return SimpleNamespace(name=name, dtypes=None if dtypes is None else frozenset(map(np.dtype, dtypes)),
+                           conv_layout=conv_layout, **kernels)
 
 
 NUMPY = build_kernel_set(REFERENCE, reference.KERNELS)
@@ -71,7 +81,8 @@ def _load_compiled() -> SimpleNamespace:
         from . import compiled
     except ImportError as err:
         raise ImportError(f"the fast kernels need numba: pip install 'nettrain[fast]' ({err})") from err
-    return build_kernel_set(COMPILED, compiled.KERNELS, compiled.DTYPES, fallback=NUMPY)
+    return build_kernel_set(COMPILED, compiled.KERNELS, compiled.DTYPES, fallback=NUMPY,
+                            conv_layout=compiled.CONV_LAYOUT)
 
 
 LOADERS: dict[str, Callable[[], SimpleNamespace]] = {REFERENCE: lambda: NUMPY, COMPILED: _load_compiled}

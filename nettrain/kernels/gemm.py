@@ -1,11 +1,11 @@
-"""The operations built on BLAS GEMMs: convolution by im2col/col2im, and the threaded matrix products.
+"""The operations built on BLAS GEMMs: convolution by im2col or im2row, and the threaded matrix products.
 
 A convolution runs over the batch in chunks of a few samples, so that the
-column matrix of a chunk stays in cache between the copy that fills it and
-the GEMM that reads it, and so that no layer keeps a full-batch column matrix
-alive: backward recomputes the columns of each chunk from the layer's input.
+patch matrix of a chunk stays in cache between the copy that fills it and
+the GEMM that reads it, and so that no layer keeps a full-batch patch matrix
+alive: backward recomputes the patches of each chunk from the layer's input.
 The chunks run on the worker threads (:mod:`.pool`); the data movement around
-the GEMMs (im2col, col2im and the layout changes) comes from a kernel set
+the GEMMs (im2col/im2row, col2im/row2im, the layout changes) comes from a kernel set
 (``ops``, see :mod:`.dispatch`), the GEMMs themselves always from NumPy's BLAS.
 """
 
@@ -13,20 +13,78 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import shifted
 from .geometry import ConvGeometry
-from .pool import batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch, split_workers
+from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch,
+                   split_workers)
 
 
 
 # -- convolution -----------------------------------------------------------------
+ROWS_CHUNK_FACTOR = 2
+"""Channels-last chunks hold half the bytes of channels-first ones (measured faster)."""
+
+MIN_CHANNELS = 8
+"""Fewer input channels than this (an RGB first layer) always run im2col, channels first: their
+rows copy poorly and their per-offset GEMMs are too thin (measured)."""
+
+SHIFTED_MAX_OFFSETS = 9
+"""Stride-1 kernels with up to this many offsets (3x3) run :mod:`.shifted` on a channels-first set."""
+
+
+def channels_last(g: ConvGeometry, ops) -> bool:
+    """Whether a convolution of geometry ``g`` runs its GEMMs channels last with kernel set ``ops``."""
+    return getattr(ops, "conv_layout", "columns") == "rows" and g.in_chw[0] >= MIN_CHANNELS
+
+
+def by_offsets(g: ConvGeometry, ops) -> bool:
+    """Whether a convolution runs one GEMM per kernel offset (:mod:`.shifted`) instead of im2col."""
+    return (getattr(ops, "conv_layout", "columns") == "columns" and shifted.applies(g)
+            and g.kernel[0] * g.kernel[1] <= SHIFTED_MAX_OFFSETS and g.in_chw[0] >= MIN_CHANNELS)
+
+
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
                    keep_cols: dict | None = None) -> np.ndarray:
-    """(N, C, H, W) -> (N, F, OH, OW): one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk.
+    """(N, C, H, W) -> (N, F, OH, OW) by one GEMM per batch chunk.
 
-    With a ``keep_cols`` dict, each chunk's columns are kept there (keyed by its sample range)
-    for :func:`conv2d_backward`, which then need not build them again; arrays already in it
-    are written over.
+    The GEMM runs channels first, (F, C*kh*kw) x (C*kh*kw, n*OH*OW) after im2col, or, where
+    the kernel set prefers it (:func:`channels_last`), channels last, (n*OH*OW, kh*kw*C) x
+    (kh*kw*C, F) after im2row, which suits a BLAS better when F is small. Small stride-1
+    kernels on a channels-first set skip the patch matrix: one GEMM per kernel offset
+    (:func:`by_offsets`, :mod:`.shifted`). With a ``keep_cols`` dict, each chunk's patch
+    matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
+    then need not build it again; arrays already in it are written over.
     """
+    if by_offsets(g, ops):
+        return shifted.conv2d_forward(x, kernel, bias, g)
+    drive = _forward_rows if channels_last(g, ops) else _forward_columns
+    return drive(x, kernel, bias, g, ops, keep_cols)
+
+
+def conv2d_backward(
+    x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
+    input_grad: bool = True, kept_cols: dict | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None.
+
+    Per chunk: the patch matrix (kept by the forward pass, else built again), the kernel
+    gradient by one GEMM, then (if ``input_grad``) the patches' gradient by another and
+    col2im/row2im; in the layout :func:`conv2d_forward` used.
+    """
+    if by_offsets(g, ops):
+        return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
+    drive = _backward_rows if channels_last(g, ops) else _backward_columns
+    return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
+
+
+def kernel_rows(kernel: np.ndarray) -> np.ndarray:
+    """A kernel (F, C, kh, kw) as the (kh*kw*C, F) matrix that multiplies :func:`im2row` rows."""
+    return np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)).reshape(-1, kernel.shape[0])
+
+
+def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
+                     keep_cols: dict | None = None) -> np.ndarray:
+    """Channels first: one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     w2 = kernel.reshape(f, -1)
     y = np.empty((n, f, g.pixels), dtype=x.dtype)
@@ -54,15 +112,11 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     return y.reshape(n, f, *g.out_hw)
 
 
-def conv2d_backward(
+def _backward_columns(
     x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
     input_grad: bool = True, kept_cols: dict | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None.
-
-    Per chunk: the columns (kept by the forward pass, else built again), dW += dY cols^T,
-    then (if ``input_grad``) dcols = W^T dY, col2im.
-    """
+    """Channels first, per chunk: the columns, dW += dY cols^T, then dcols = W^T dY and col2im."""
     kept_cols = kept_cols or {}
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
@@ -91,11 +145,82 @@ def conv2d_backward(
     return dx, dws.sum(axis=0).reshape(kernel.shape), dbs.sum(axis=0) if with_bias else None
 
 
+def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
+                  keep_cols: dict | None = None) -> np.ndarray:
+    """Channels last: one GEMM (n*OH*OW, kh*kw*C) x (kh*kw*C, F) per batch chunk."""
+    n, f = x.shape[0], kernel.shape[0]
+    wr = kernel_rows(kernel)
+    y = np.empty((n, f, g.pixels), dtype=x.dtype)
+
+    def work(_, chunks):
+        for n0, n1 in chunks:
+            shape = ((n1 - n0) * g.pixels, g.rows)
+            if keep_cols is None:
+                buf = scratch("cols", shape, x.dtype)
+            else:  # the caller's arrays from the last step are reused: fresh pages cost a fault each
+                buf = keep_cols.get((n0, n1))
+                if buf is None or buf.shape != shape or buf.dtype != x.dtype:
+                    buf = np.empty(shape, x.dtype)
+            rows = ops.im2row(x[n0:n1], g, buf)
+            if keep_cols is not None:
+                keep_cols[(n0, n1)] = rows
+            z = np.matmul(rows, wr, out=scratch("gemm", (shape[0], f), x.dtype))
+            ops.rows_to_images(z, bias, y[n0:n1])
+
+    workers = chunk_workers()
+    chunks = batch_chunks(n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, workers)
+    if keep_cols is not None and keep_cols.keys() != set(chunks):
+        keep_cols.clear()  # another batch size or thread count: other chunks
+    run_on_chunks(work, chunks, workers)
+    return y.reshape(n, f, *g.out_hw)
+
+
+def _backward_rows(
+    x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
+    input_grad: bool = True, kept_cols: dict | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Channels last, per chunk: the rows of x, dW += dY^T rows, then drows = dY W^T and row2im."""
+    kept_cols = kept_cols or {}
+    n, f = x.shape[0], kernel.shape[0]
+    c = g.in_chw[0]
+    wr = kernel_rows(kernel)
+    dx = np.empty_like(x) if input_grad else None
+    dy3 = dy.reshape(n, f, g.pixels)
+    workers = chunk_workers()
+    dws = np.zeros((workers, f, g.rows), dtype=x.dtype)  # one partial sum per worker
+    dbs = np.zeros((workers, f), dtype=x.dtype)
+
+    def work(k, chunks):
+        part = np.empty((f, g.rows), dtype=x.dtype)
+        for n0, n1 in chunks:
+            m = (n1 - n0) * g.pixels
+            rows = kept_cols.get((n0, n1))
+            if rows is None:
+                rows = ops.im2row(x[n0:n1], g, scratch("cols", (m, g.rows), x.dtype))
+            dz = ops.images_to_rows(dy3[n0:n1], scratch("gemm", (m, f), x.dtype))
+            dws[k] += np.matmul(dz.T, rows, out=part)
+            if with_bias:
+                dbs[k] += dz.sum(axis=0)
+            if input_grad:
+                ops.row2im(np.matmul(dz, wr.T, out=rows), g, dx[n0:n1])
+
+    run_on_chunks(work, batch_chunks(n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, workers), workers)
+    dkernel = dws.sum(axis=0).reshape(f, *g.kernel, c).transpose(0, 3, 1, 2)
+    return dx, np.ascontiguousarray(dkernel), dbs.sum(axis=0) if with_bias else None
+
+
 # -- matrix products ---------------------------------------------------------------
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = a @ b`` (2-D), blocks of ``a``'s rows on the worker threads."""
     over_batch(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), a.shape[0], a.shape[0] * b.shape[1])
     return out
+
+
+def matmul_tn_partials_bytes(m: int, out_size: int, itemsize: int, workers: int) -> int:
+    """Bytes of the per-thread partial sums :func:`matmul_tn` allocates for ``(m, K).T @ (m, L)``,
+    ``out_size = K * L``, on ``workers`` threads (none when it runs on one)."""
+    used = max(1, min(workers, m)) if m * out_size // 16 >= PARALLEL_MIN_ELEMENTS else 1
+    return 0 if used == 1 else used * out_size * itemsize
 
 
 def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -134,12 +134,26 @@ class FusedActivation:
             return dy
         return self.activation.backward(dy, self._z, self._y)
 
+    @property
+    def keeps_output(self) -> bool:
+        return self.activation is not None
+
+    def cache_bytes(self, output_bytes: int) -> int:
+        """The pre-activation kept besides the output, when the derivative reads it."""
+        return output_bytes if self.activation is not None and self.activation.needs_input else 0
+
 
 class ActivationLayer(Layer):
     """Shared machinery: subclasses set ``activation()``."""
 
+    keeps_output = True
+
     def activation(self) -> Activation:
         return ACTIVATIONS[self.type_name]
+
+    @property
+    def keeps_input(self) -> bool:
+        return self.act.activation.needs_input
 
     def create_params(self, in_shape, rng):
         self.act = FusedActivation(self.activation())

@@ -103,6 +103,12 @@ class Layer:
 
     Spec: ClassVar[type[LayerSpec]] = LayerSpec
     type_name: ClassVar[str] = "layer"
+    # What backward reads, for the memory estimate (nettrain.summary): the input (conv, dense,
+    # batchnorm), the output (ReLU, tanh, a fused activation), and whether the output is a view
+    # of the input (flatten), which keeps the input alive whenever the output is kept.
+    keeps_input: ClassVar[bool] = True
+    keeps_output: ClassVar[bool] = False
+    output_is_view: ClassVar[bool] = False
 
     def __init__(self, spec: LayerSpec | None = None, name: str | None = None, **fields: Any):
         if spec is None:
@@ -186,6 +192,34 @@ class Layer:
 
     def macs(self) -> int:
         """Multiply-accumulates per sample of one forward pass."""
+        return 0
+
+    def output_bytes(self, batch: int) -> int:
+        """Bytes of the output array a forward pass of ``batch`` samples allocates (0 for a view of the input)."""
+        return 0 if self.output_is_view else batch * math.prod(self.out_shape or ()) * self.dtype.itemsize
+
+    def cache_bytes(self, batch: int) -> int:
+        """Bytes a training forward pass keeps for the backward pass besides the layer's input and output
+        (see ``keeps_input`` and ``keeps_output``): masks, pooling argmax, kept im2col columns,
+        pre-activations, recurrent states and work arrays. The default, a layer that needs only its
+        input or output: none."""
+        return 0
+
+    def branches(self) -> list[list["Layer"]]:
+        """A container's sequences of children, each fed the container's input (a residual block: body and
+        shortcut); a leaf has none."""
+        children = self.children()
+        return [children] if children else []
+
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """Bytes alive only while the layer's backward pass runs: by default the gradients of its output
+        and its input; layers add their kernels' temporaries."""
+        shapes = (self.in_shape or (), self.out_shape or ())
+        return batch * sum(math.prod(s) for s in shapes) * self.dtype.itemsize
+
+    def scratch_bytes(self, batch: int, workers: int) -> int:
+        """Bytes of per-thread scratch (:func:`nettrain.kernels.scratch`) the layer's kernels use on
+        ``workers`` threads; the buffers are shared by all layers, so a model needs the largest."""
         return 0
 
     def param_count(self) -> int:

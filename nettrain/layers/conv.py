@@ -118,13 +118,36 @@ class Conv2D(Layer):
         c = self.in_shape[0]
         return int(np.prod(self.out_shape)) * c * self.kernel[0] * self.kernel[1]
 
+    def keeps_columns(self) -> bool:
+        """Whether training keeps the im2col columns for backward: when they cost little memory, at most
+        twice the input, as for a patchifying conv (stride >= kernel); else backward builds them again."""
+        g = self.geometry
+        return g.rows * g.pixels <= 2 * math.prod(g.in_chw)
+
+    @property
+    def keeps_output(self) -> bool:
+        return self.act.keeps_output
+
+    def cache_bytes(self, batch: int) -> int:
+        g, item = self.geometry, self.dtype.itemsize
+        cols = batch * g.rows * g.pixels * item if self.keeps_columns() else 0
+        return cols + self.act.cache_bytes(self.output_bytes(batch))
+
+    def scratch_bytes(self, batch: int, workers: int) -> int:
+        """Each thread's batch chunk of columns (unless kept) and GEMM output (see nettrain.kernels.gemm)."""
+        g, item = self.geometry, self.dtype.itemsize
+        chunks = kernels.pool.batch_chunks(batch, g.rows * g.pixels * item, workers)
+        largest = max(stop - start for start, stop in chunks)
+        rows = self.spec.filters + (0 if self.keeps_columns() else g.rows)
+        return min(workers, len(chunks)) * rows * largest * g.pixels * item
+
     def forward(self, x, training=False):
         x = np.ascontiguousarray(x)
         ops = kernels.backend(x.dtype)
         # backward builds the columns again from x, chunk by chunk, unless they cost little
         # memory: at most twice the input, as for a patchifying conv (stride >= kernel)
         g = self.geometry
-        keep = training and g.rows * g.pixels <= 2 * math.prod(g.in_chw)
+        keep = training and self.keeps_columns()
         self._cols = self._kept_cols if keep else None
         z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
         self._x = x

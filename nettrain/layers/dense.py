@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -44,6 +45,20 @@ class Dense(Layer):
 
     def macs(self) -> int:
         return int(np.prod(self.in_shape)) * self.spec.units
+
+    @property
+    def keeps_output(self) -> bool:
+        return self.act.keeps_output
+
+    def cache_bytes(self, batch: int) -> int:
+        return self.act.cache_bytes(self.output_bytes(batch))
+
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """The gradients, and the per-thread partial sums of the kernel's gradient."""
+        rows = batch * math.prod(self.in_shape[:-1])
+        kernel = self.params["kernel"]
+        return super().backward_bytes(batch, workers) + kernels.matmul_tn_partials_bytes(
+            rows, kernel.size, kernel.itemsize, workers)
 
     def forward(self, x, training=False):
         self._x = x

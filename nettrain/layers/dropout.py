@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -21,6 +22,8 @@ class Dropout(Layer):
     """
 
     batch_slice: tuple[int, int] | None = None
+
+    keeps_input = False  # backward needs only the mask
 
     class Spec(LayerSpec):
         type: Literal["dropout"] = "dropout"
@@ -46,3 +49,7 @@ class Dropout(Layer):
 
     def backward(self, dy):
         return dy if self._mask is None else dy * self._mask
+
+    def cache_bytes(self, batch: int) -> int:
+        """The scaled keep mask, one value per input value."""
+        return 0 if self.spec.rate == 0 else batch * math.prod(self.in_shape) * self.dtype.itemsize

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
 from .. import kernels
+from ..kernels.geometry import argmax_dtype
 from .base import Layer, LayerSpec, Shape, register
 from .conv import IntPair, Padding, as_pair, resolve_padding, window_output_size
 
@@ -21,6 +23,8 @@ class PoolSpec(LayerSpec):
 
 class Pool2D(Layer):
     """Shared window arithmetic; strides default to the pool size (Keras)."""
+
+    keeps_input = False  # backward needs the window geometry (and max pooling its argmax)
 
     Spec: ClassVar[type[PoolSpec]] = PoolSpec
 
@@ -51,6 +55,10 @@ class MaxPool2D(Pool2D):
     def forward(self, x, training=False):
         y, self._arg = kernels.backend(x.dtype).max_pool_forward(x, self.geometry)
         return y
+
+    def cache_bytes(self, batch: int) -> int:
+        """The window offset of each output's maximum."""
+        return batch * math.prod(self.out_shape) * np.dtype(argmax_dtype(self.geometry)).itemsize
 
     def backward(self, dy):
         return kernels.backend(dy.dtype).max_pool_backward(dy, self._arg, self.geometry)
@@ -85,6 +93,8 @@ class AvgPool2D(Pool2D):
 @register
 class GlobalAvgPool2D(Layer):
     """(C, H, W) -> (C,): the mean of each feature map."""
+
+    keeps_input = False
 
     class Spec(LayerSpec):
         type: Literal["global_avgpool2d"] = "global_avgpool2d"

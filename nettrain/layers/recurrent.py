@@ -63,6 +63,7 @@ class Recurrent(Layer):
     """Shared machinery; subclasses set ``gates`` and implement ``scan`` / ``scan_backward``."""
 
     Spec: ClassVar[type[RecurrentSpec]] = RecurrentSpec
+    keeps_input = False  # a time-major copy instead (in cache_bytes)
     gates: ClassVar[int] = 1
 
     # -- building -----------------------------------------------------------
@@ -153,6 +154,30 @@ class Recurrent(Layer):
             return None
         dx = kernels.matmul(dxw, self.params["kernel"].T, self.work("dx", (steps * n, self.in_shape[1])))
         return dx.reshape(steps, n, -1).transpose(1, 0, 2).copy()
+
+    def cache_bytes(self, batch: int) -> int:
+        """The time-major input copy, the gates, the hidden states and the layer's other arrays kept
+        from step to step (:meth:`work`): the cell's own states and the backward's work arrays."""
+        steps, features = self.in_shape
+        units = self.spec.units
+        per_sample = (steps * features  # xs
+                      + steps * self.width  # gates (activated in place, kept for backward)
+                      + (steps + 1) * units  # h
+                      + (steps * units if self.spec.return_sequences else units)  # dh_out
+                      + (steps * features if self.input_grad else 0)  # dx
+                      + self.cell_state_values(steps))
+        return batch * per_sample * self.dtype.itemsize
+
+    def backward_bytes(self, batch: int, workers: int) -> int:
+        """The gradients, and the per-thread partial sums of the larger kernel's gradient."""
+        rows = batch * self.in_shape[0]
+        partials = max(kernels.matmul_tn_partials_bytes(rows, self.params[k].size, self.params[k].itemsize, workers)
+                       for k in ("kernel", "recurrent_kernel"))
+        return super().backward_bytes(batch, workers) + partials
+
+    def cell_state_values(self, steps: int) -> int:
+        """Values per sample of the cell's own kept states and backward work arrays (see :meth:`scan`)."""
+        return steps * self.width + self.spec.units  # da, dh_next
 
     @property
     def width(self) -> int:
@@ -288,6 +313,10 @@ class LSTM(Recurrent):
         self._c, self._acts, self._tanh_c = c, gates, tanh_c
         return h
 
+    def cell_state_values(self, steps: int) -> int:
+        units = self.spec.units
+        return (steps + 1) * units + steps * units + steps * self.width + 2 * units  # c, tanh_c, da, dh_next, dc
+
     def scan_backward(self, dh_out):
         ops = kernels.backend(self.dtype)
         recurrent_t = self.params["recurrent_kernel"].T
@@ -346,6 +375,10 @@ class GRU(Recurrent):
         kernels.over_batch(run, n, gates.size)
         self._acts, self._hw_n = gates, hw_n
         return h
+
+    def cell_state_values(self, steps: int) -> int:
+        units = self.spec.units
+        return steps * units + 2 * steps * self.width + 2 * units  # hw_n, dxw, dhw, dh_next, dh_carry
 
     def scan_backward(self, dh_out):
         ops = kernels.backend(self.dtype)

@@ -130,6 +130,20 @@ class Residual(Layer):
         dx[:, :, ::s, ::s] = dy[:, before : dy.shape[1] - after]
         return dx
 
+    @property
+    def keeps_input(self) -> bool:
+        return any(branch[0].keeps_input for branch in self.branches() if branch)
+
+    @property
+    def keeps_output(self) -> bool:
+        return self.act.keeps_output
+
+    def branches(self) -> list[list[Layer]]:
+        return [branch for branch in (self.body_layers, self.shortcut_layers) if branch]
+
+    def cache_bytes(self, batch: int) -> int:
+        return self.act.cache_bytes(self.output_bytes(batch))
+
     def forward(self, x, training=False):
         self.body.forward_hook = self.forward_hook
         return self.act.forward(self.body.forward(x, training) + self._shortcut_forward(x, training))

@@ -15,6 +15,9 @@ from .base import Layer, LayerSpec, format_shape, register
 class Flatten(Layer):
     """(C, H, W) or (T, F) -> one vector per sample, in NCHW order."""
 
+    keeps_input = False
+    output_is_view = True
+
     class Spec(LayerSpec):
         type: Literal["flatten"] = "flatten"
 
@@ -32,6 +35,9 @@ class Flatten(Layer):
 @register
 class Reshape(Layer):
     """Reshape each sample; ``target_shape`` reads like ``input_shape`` (H x W x C for images), -1 infers one axis."""
+
+    keeps_input = False
+    output_is_view = True
 
     class Spec(LayerSpec):
         type: Literal["reshape"] = "reshape"

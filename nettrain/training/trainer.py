@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ..checkpoint import Checkpoint, architecture_signature, load_checkpoint, model_rng_states, restore_model
 from ..data import Batches, DataBundle, load_data
@@ -44,11 +43,11 @@ from ..optimizers import build_optimizer
 from ..runs import METRIC_COLUMNS
 from ..plots import PLOT_EXTRA, plotting_available
 from ..schedules import build_schedule
-from ..treediff import changed_keys
 from .evaluation import EvalLoop
 from .monitors import BestTracker, EarlyStopping, monitored_metric
 from .recorder import RunRecorder
 from .reporting import Reporter, TrainResult
+from .resume import check_changes
 from .signals import StopRequest
 from .stats import EpochStats
 from .step import NonFiniteStep, StepResult, TrainStep
@@ -76,35 +75,25 @@ def _top_ks(config, num_classes: int) -> list[int]:
     return ks
 
 
-def _training_changes(config, saved_text: str) -> list[str]:
-    """The keys in which ``config`` differs from a checkpoint's config, apart from train.epochs
-    (which --epochs may raise)."""
-    try:
-        saved = yaml.safe_load(saved_text)
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        return ["(the saved config cannot be read)"]
-    return [key for key in changed_keys(saved, config.resolved) if key != "train.epochs"]
-
-
 # --------------------------------------------------------------------------- the trainer
 
 class Trainer:
     """Trains ``config`` into a run folder (new, or ``resume``'s) and reports to ``reporter``.
 
     ``data`` and ``model`` may be given to skip loading/building (tests); the model
-    must then be the one ``build_model(config, seed)`` would build. A variant of the
-    loop (data-parallel, say) sets ``step_class`` and ``eval_class`` to its own
-    :class:`TrainStep` and :class:`EvalLoop`.
+    must then be the one ``build_model(config, seed)`` would build. A resume that would
+    change the architecture or the schedule length is refused unless ``allow_changes``
+    (see :mod:`.resume`). A variant of the loop (data-parallel, say) sets ``step_class``
+    and ``eval_class`` to its own :class:`TrainStep` and :class:`EvalLoop`.
     """
 
     step_class = TrainStep
     eval_class = EvalLoop
 
     def __init__(self, config, *, resume: str | Path | None = None, reporter: Reporter | None = None,
-                 data: DataBundle | None = None, model=None):
+                 data: DataBundle | None = None, model=None, allow_changes: bool = False):
         self.config = config
+        self.allow_changes = allow_changes
         self.reporter = reporter or Reporter()
         t = config.train
         self.seed = int(t.seed)
@@ -219,7 +208,8 @@ class Trainer:
 
     def _restore(self) -> None:
         ckpt = self._load_last()
-        restore_model(ckpt, self.model)
+        restore_model(ckpt, self.model)  # a new shape is refused here, naming the parameter
+        changed = check_changes(ckpt.config_text, self.config, self.run.path, self.allow_changes)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
             self.schedule.load_state_dict(ckpt.schedule)
@@ -237,7 +227,6 @@ class Trainer:
         if ckpt.batch > self.steps_per_epoch:
             raise CheckpointError(f"{self.run.last}: cursor at batch {ckpt.batch} of {self.steps_per_epoch}; "
                                   "the data or train.batch_size changed since it was saved")
-        changed = _training_changes(self.config, ckpt.config_text)
         if changed:
             self.reporter.note(f"the config differs from the one {self.run.last} was saved with in "
                                f"{', '.join(changed)}; continuing with the config given now")
@@ -322,7 +311,7 @@ class Trainer:
             self.reporter.note(f"no curves.png without matplotlib; {PLOT_EXTRA} adds it")
         if self.epoch >= self.epochs and self.global_step > 0:
             self.reporter.note(f"the run already trained {self.epoch} epochs; "
-                               "raise train.epochs (--epochs N) to continue it")
+                               "raise train.epochs (--epochs N --allow-changes) to continue it")
         while self.epoch < self.epochs:
             if not self.run_epoch():
                 self.recorder.save_last(self.checkpoint())
@@ -342,10 +331,13 @@ class Trainer:
             "start_batch": self.batch, "steps_per_epoch": self.steps_per_epoch,
             "train_size": len(self.data.train), "val_size": len(self.data.val) if self.data.val else 0,
             "params": self.model.param_count(), "resumed": self.global_step > 0, "monitor": self.best.monitor,
+            "total_params": self.model.param_count() + self.model.buffer_count(),
+            "data": getattr(self.data, "source", ""), "batch_size": self.batch_size,
         }
 
 
 def train(config, *, resume: str | Path | None = None, reporter: Reporter | None = None,
-          data: DataBundle | None = None, handle_signals: bool = True) -> TrainResult:
+          data: DataBundle | None = None, handle_signals: bool = True, allow_changes: bool = False) -> TrainResult:
     """Build, train and checkpoint ``config``; see :class:`Trainer`."""
-    return Trainer(config, resume=resume, reporter=reporter, data=data).fit(handle_signals=handle_signals)
+    return Trainer(config, resume=resume, reporter=reporter, data=data,
+                   allow_changes=allow_changes).fit(handle_signals=handle_signals)

@@ -16,6 +16,9 @@ from . import activations, batchnorm, conv, pooling, recurrent
 DTYPES = ("float32",)
 """The array types the compiled kernels are written for."""
 
+CONV_LAYOUT = "rows"
+"""Convolutions run their GEMMs channels last here: the compiled im2row copies well (NumPy's does not)."""
+
 KERNELS = {name: getattr(module, name) for module in (conv, pooling, batchnorm, activations, recurrent)
            for name in module.__all__ if hasattr(module, name)}
 """Kernel name -> compiled function."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import ConvGeometry
+from ..pool import scratch
 from .jit import jit
 
-__all__ = ["im2col", "col2im", "samples_major", "channels_major"]
+__all__ = ["im2col", "col2im", "samples_major", "channels_major", "im2row", "row2im", "rows_to_images",
+           "images_to_rows"]
 
 
 @jit(inline="always")
@@ -177,4 +179,140 @@ def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np
 def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """(n, F, P) -> (F, n*P)."""
     _channels_major(np.ascontiguousarray(y), out)
+    return out
+
+
+# -- the channels-last layout: one row of kh*kw*C values per output pixel ----------------
+@jit
+def _pad_channels_last(x, pt, pl, xp):
+    """x (n, C, H, W) -> xp (n, Hp, Wp, C): the image at (pt, pl), zeros around it."""
+    n, c, h, w = x.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    xf, pf = x.reshape(-1), xp.reshape(-1)
+    for s in range(n):
+        img = s * hp * wp * c
+        _zero(pf, img, img + pt * wp * c)
+        _zero(pf, img + (pt + h) * wp * c, img + hp * wp * c)
+        for a in range(h):
+            row = img + (pt + a) * wp * c
+            _zero(pf, row, row + pl * c)
+            _zero(pf, row + (pl + w) * c, row + wp * c)
+        for ch in range(c):  # a strided store per channel plane
+            src = (s * c + ch) * h * w
+            for a in range(h):
+                _scatter(xf, src + a * w, pf, img + ((pt + a) * wp + pl) * c + ch, c, w)
+
+
+@jit(inline="always")
+def _scatter(src, src_start, dst, dst_start, step, length):
+    """dst[dst_start::step][:length] = src[src_start:src_start + length]."""
+    s0, d0, st = np.uint64(src_start), np.uint64(dst_start), np.uint64(step)
+    for e in range(np.uint64(length)):
+        dst[d0 + e * st] = src[s0 + e]
+
+
+@jit
+def _im2row(xp, kh, kw, sh, sw, dh, dw, oh, ow, rows):
+    n, hp, wp, c = xp.shape
+    k = kh * kw * c
+    pf, rf = xp.reshape(-1), rows.reshape(-1)
+    for t in range(n * oh):
+        s = t // oh
+        a = t % oh
+        for b in range(ow):
+            r0 = (t * ow + b) * k
+            for i in range(kh):
+                q = ((s * hp + a * sh + i * dh) * wp + b * sw) * c
+                if dw == 1:  # the kw pixels of a kernel row are adjacent: one copy
+                    _copy(pf, q, 1, rf, r0 + i * kw * c, kw * c)
+                else:
+                    for j in range(kw):
+                        _copy(pf, q + j * dw * c, 1, rf, r0 + (i * kw + j) * c, c)
+
+
+@jit
+def _row2im(rows, kh, kw, sh, sw, dh, dw, oh, ow, dxp):
+    n, hp, wp, c = dxp.shape
+    k = kh * kw * c
+    pf, rf = dxp.reshape(-1), rows.reshape(-1)
+    _zero(pf, 0, pf.size)
+    for t in range(n * oh):
+        s = t // oh
+        a = t % oh
+        for b in range(ow):
+            r0 = (t * ow + b) * k
+            for i in range(kh):
+                q = ((s * hp + a * sh + i * dh) * wp + b * sw) * c
+                if dw == 1:
+                    _add(rf, r0 + i * kw * c, pf, q, 1, kw * c)
+                else:
+                    for j in range(kw):
+                        _add(rf, r0 + (i * kw + j) * c, pf, q + j * dw * c, 1, c)
+
+
+@jit
+def _unpad_channels_first(dxp, pt, pl, out):
+    """dxp (n, Hp, Wp, C) -> out (n, C, H, W): the part at (pt, pl), channels first."""
+    n, c, h, w = out.shape
+    hp, wp = dxp.shape[1], dxp.shape[2]
+    pf, of = dxp.reshape(-1), out.reshape(-1)
+    for s in range(n):
+        for ch in range(c):
+            dst = (s * c + ch) * h * w
+            for a in range(h):
+                _copy(pf, ((s * hp + pt + a) * wp + pl) * c + ch, c, of, dst + a * w, w)
+
+
+def im2row(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> rows ``out`` (n*OH*OW, kh*kw*C); see :func:`nettrain.kernels.reference.im2row`."""
+    n, c = x.shape[:2]
+    xp = scratch("nhwc", (n, *g.padded_hw, c), x.dtype)
+    _pad_channels_last(np.ascontiguousarray(x), g.pad[0], g.pad[2], xp)
+    _im2row(xp, *g.kernel, *g.stride, *g.dilation, *g.out_hw, out)
+    return out
+
+
+def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Rows (n*OH*OW, kh*kw*C) -> image gradient ``out`` (n, C, H, W), summing overlaps."""
+    n, c = out.shape[:2]
+    dxp = scratch("nhwc_grad", (n, *g.padded_hw, c), out.dtype)
+    _row2im(rows, *g.kernel, *g.stride, *g.dilation, *g.out_hw, dxp)
+    _unpad_channels_first(dxp, g.pad[0], g.pad[2], out)
+    return out
+
+
+@jit
+def _rows_to_images(z, bias, use_bias, out):
+    n, f, p = out.shape
+    zf = z.reshape(-1)
+    for t in range(n * f):
+        s = t // f
+        k = t % f
+        b = bias[k] if use_bias else 0
+        src = np.uint64(s * p * f + k)
+        dst = out[s, k]
+        for e in range(np.uint64(p)):
+            dst[e] = zf[src + e * np.uint64(f)] + b
+
+
+@jit
+def _images_to_rows(y, out):
+    n, f, p = y.shape
+    of = out.reshape(-1)
+    for t in range(n * f):
+        s = t // f
+        k = t % f
+        _scatter(y[s, k], 0, of, s * p * f + k, f, p)
+
+
+def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+    use_bias = bias is not None
+    _rows_to_images(z, bias if use_bias else z[0], use_bias, out)
+    return out
+
+
+def images_to_rows(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (n*P, F)."""
+    _images_to_rows(np.ascontiguousarray(y), out)
     return out

@@ -92,3 +92,74 @@ def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np
     else:
         np.add(z3, bias.reshape(1, f, 1), out=out)
     return out
+
+
+# -- the channels-last layout: one row of kh*kw*C values per output pixel ----------------
+def pad_channels_last(x: np.ndarray, pad: Pad4, out: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> ``out`` (N, H+top+bottom, W+left+right, C), the border filled with zeros."""
+    top, bottom, left, right = pad
+    h, w = x.shape[2:]
+    out[:, :top] = 0
+    out[:, top + h :] = 0
+    out[:, top : top + h, :left] = 0
+    out[:, top : top + h, left + w :] = 0
+    out[:, top : top + h, left : left + w] = x.transpose(0, 2, 3, 1)
+    return out
+
+
+def window_last(xp: np.ndarray, i: int, j: int, stride, dilation, out_hw) -> np.ndarray:
+    """The strided view of channels-last padded input ``xp`` seen by kernel offset (i, j): (N, OH, OW, C)."""
+    sh, sw = stride
+    oh, ow = out_hw
+    r, c = i * dilation[0], j * dilation[1]
+    return xp[:, r : r + sh * (oh - 1) + 1 : sh, c : c + sw * (ow - 1) + 1 : sw]
+
+
+def im2row(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Images (n, C, H, W) -> rows ``out`` (n*OH*OW, kh*kw*C), columns ordered (i, j, c).
+
+    Row ``m * OH*OW + p`` holds the receptive field of output pixel ``p`` of sample
+    ``m``, so ``out`` times the kernel as (kh*kw*C, F) is the convolution with the
+    channels last: the GEMM layout that suits a BLAS best when F is small.
+    """
+    n, c = x.shape[:2]
+    kh, kw = g.kernel
+    xp = pad_channels_last(x, g.pad, scratch("nhwc", (n, *g.padded_hw, c), x.dtype))
+    rows = out.reshape(n, *g.out_hw, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            rows[:, :, :, i, j] = window_last(xp, i, j, g.stride, g.dilation, g.out_hw)
+    return out
+
+
+def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Rows (n*OH*OW, kh*kw*C) -> image gradient ``out`` (n, C, H, W), summing overlaps."""
+    n, c, h, w = out.shape
+    kh, kw = g.kernel
+    top, left = g.pad[0], g.pad[2]
+    dxp = scratch("nhwc_grad", (n, *g.padded_hw, c), out.dtype)
+    dxp[...] = 0
+    rows6 = rows.reshape(n, *g.out_hw, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            window_last(dxp, i, j, g.stride, g.dilation, g.out_hw)[...] += rows6[:, :, :, i, j]
+    out[...] = dxp[:, top : top + h, left : left + w].transpose(0, 3, 1, 2)
+    return out
+
+
+def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
+    n, f, p = out.shape
+    z3 = z.reshape(n, p, f).transpose(0, 2, 1)
+    if bias is None:
+        out[...] = z3
+    else:
+        np.add(z3, bias.reshape(1, f, 1), out=out)
+    return out
+
+
+def images_to_rows(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(n, F, P) -> (n*P, F): a chunk of NCHW feature maps with the channels last."""
+    n, f, p = y.shape
+    out.reshape(n, p, f)[...] = y.transpose(0, 2, 1)
+    return out
