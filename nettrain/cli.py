@@ -439,6 +439,7 @@ def _print_bench(result) -> None:
     if result.get("peak_rss_mib_all_ranks") is not None:
         rss += f" per rank at most, {result['peak_rss_mib_all_ranks']:.0f} for all ranks"
     layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
+    peak_on = result.get("sgemm_peak_on") or f"{result['threads']} threads"
     for line in (
         f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
         f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
@@ -447,7 +448,7 @@ def _print_bench(result) -> None:
         f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}",
         f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
         f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
-        f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {result['threads']} threads)",
+        f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {peak_on})",
     ):
         typer.echo(line)
 

@@ -249,6 +249,7 @@ def bench(config: Path, overrides: list[str], batch_size: int, steps: int, warmu
             "train_gflops": train_gflops,
             "forward_gflops": result["forward_gflops"] * mine[1] / slowest[1],
             "sgemm_peak_gflops": peak,
+            "sgemm_peak_on": f"{comm.size} ranks x {result['threads']} thread(s)",
             "peak_fraction": train_gflops / peak,
             "peak_rss_mib": None if None in memory else max(memory),
             "peak_rss_mib_all_ranks": None if None in memory else sum(memory),
