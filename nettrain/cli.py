@@ -15,7 +15,8 @@ import typer.core
 
 from . import __version__
 from .commands.common import fail as _fail, out_of_memory as _out_of_memory, print_problems as _print_problems
-from .commands.common import run_or_exit, usage as _usage
+from .commands.common import SET_HELP, run_or_exit, usage as _usage
+from .commands import bench as bench_commands, evaluation as evaluation_commands
 from .commands import export as export_commands, runs as runs_commands, sweep as sweep_commands
 from .distributed.launch import is_parallel_launch
 
@@ -81,9 +82,6 @@ def data_download(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     typer.echo(f"{name}: ready in {folder}")
-
-
-SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
 
 
 @app.command()
@@ -294,170 +292,8 @@ def train(
     out.print(f"run folder: {result.run_dir}")
 
 
-@app.command("eval")
-def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder (uses its best.npz) or an exported .safetensors"),
-    split: str = typer.Option("test", "--split", help="test, val or train"),
-    format: str = typer.Option("table", "--format", help="table or json"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override the stored config: --set data.path=..."),
-    no_plot: bool = typer.Option(False, "--no-plot", help="write no confusion matrix PNG into the run folder"),
-) -> None:
-    """Evaluate a checkpoint: loss, accuracy, per-class scores and the confusion matrix."""
-    from .errors import NettrainError
-    from .evaluate import evaluate_checkpoint, plot_confusion
-    from .console import confusion_png_path, print_eval_table
-    from .plots import PLOT_EXTRA
-
-    try:
-        if split not in ("test", "val", "train"):
-            raise _usage(f"--split must be test, val or train, got {split!r}")
-        if format not in ("table", "json"):
-            raise _usage(f"--format must be table or json, got {format!r}")
-        if is_parallel_launch():
-            from .distributed import commands
-
-            report = _rank_zero_result(*commands.evaluate(checkpoint, split, list(set_ or [])))
-        else:
-            report = evaluate_checkpoint(checkpoint, split, list(set_ or []))
-        png = None
-        try:
-            if not no_plot:
-                png = plot_confusion(report, confusion_png_path(report["checkpoint"], split))
-                if png is None:
-                    typer.echo(f"note: no confusion matrix plot without matplotlib; {PLOT_EXTRA} adds it", err=True)
-        except NettrainError as e:
-            typer.echo(f"note: {e}", err=True)
-    except NettrainError as e:
-        _fail(e)
-    except MemoryError:
-        _out_of_memory(f"{checkpoint}: the model or the {split} split does not fit in memory")
-    if format == "json":
-        import json
-
-        typer.echo(json.dumps(report, indent=2))
-        if png is not None:
-            typer.echo(f"confusion matrix plot: {png}", err=True)
-    else:
-        print_eval_table(report, png)
-
-
-@app.command()
-def predict(
-    checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
-    files: list[Path] = typer.Argument(..., help="images, .npz files (array 'x'), .npy arrays, or folders of them"),
-    format: str = typer.Option("table", "--format", help="table, json or csv"),
-    top: int = typer.Option(3, "--top-k", "--top", min=1, help="how many classes to list per input"),
-) -> None:
-    """Classify images, .npz/.npy arrays (one sample or a batch) or every such file of a folder."""
-    from .errors import NettrainError
-    from .evaluate import load_trained, predict as predict_files
-    from .console import prediction_csv_rows, print_predictions
-
-    try:
-        if format not in ("table", "json", "csv"):
-            raise _usage(f"--format must be table, json or csv, got {format!r}")
-        results = predict_files(load_trained(checkpoint), files, top=top)
-    except NettrainError as e:
-        _fail(e)
-    except MemoryError:
-        _out_of_memory(f"{checkpoint}: the model or the inputs do not fit in memory; predict fewer files at once")
-    if format == "json":
-        import json
-
-        typer.echo(json.dumps(results, indent=2))
-    elif format == "csv":
-        import csv
-        import sys
-
-        csv.writer(sys.stdout, lineterminator="\n").writerows(prediction_csv_rows(results))
-    else:
-        print_predictions(results)
-
-
-@app.command()
-def bench(
-    config: Path = typer.Argument(..., help="the YAML config whose model to time"),
-    batch_size: int = typer.Option(128, "--batch-size", min=1, help="images per step"),
-    steps: int = typer.Option(10, "--steps", min=1, help="timed steps"),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="untimed steps first"),
-    format: str = typer.Option("table", "--format", help="table or json"),
-    use_fast: Optional[bool] = typer.Option(None, "--fast/--no-fast",
-                                            help="compiled (numba) or NumPy kernels; default: numba when installed"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="worker threads (sets NETTRAIN_THREADS); default: one per core"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-) -> None:
-    """Training and forward throughput on random data, time per layer, peak memory."""
-    from .bench import benchmark
-    from .config import load_config
-
-    if threads is not None:
-        os.environ["NETTRAIN_THREADS"] = str(threads)
-
-    def run():
-        if format not in ("table", "json"):
-            raise _usage(f"--format must be table or json, got {format!r}")
-        if is_parallel_launch():  # mpiexec -n N nettrain bench: the global batch split over the ranks
-            from .distributed import commands
-
-            return _rank_zero_result(*commands.bench(config, list(set_ or []), batch_size, steps, warmup, use_fast))
-        cfg = load_config(config, list(set_ or []))
-        return benchmark(cfg, batch_size=batch_size, steps=steps, warmup=warmup, use_fast=use_fast)
-
-    result = run_or_exit(run)
-    if format == "json":
-        import json
-
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        _print_bench(result)
-
-
-def _rank_zero_result(code: int, result):
-    """What a command run on every rank hands back: rank 0 goes on with ``result``, other ranks exit."""
-    if result is None:
-        raise typer.Exit(code)
-    return result
-
-
-def _print_bench(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result['config']}: time per layer (own time, per step)", title_justify="left")
-    for column in ("layer", "type", "forward ms", "backward ms", "total ms", "share", "GFLOP/s f/b"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right",
-                         min_width=max(len(row["name"]) for row in result["layers"]) if column == "layer" else None)
-    rate = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    for row in result["layers"]:
-        table.add_row(row["name"], row["type"], f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}",
-                      f"{row['total_ms']:.2f}", f"{100 * row['share']:.1f}%",
-                      f"{rate(row.get('forward_gflops'))}/{rate(row.get('backward_gflops'))}")
-    Console().print(table)
-    rss = "-" if result["peak_rss_mib"] is None else f"{result['peak_rss_mib']:.0f}"
-    traced = "-" if result["peak_traced_mib"] is None else f"{result['peak_traced_mib']:.1f}"
-    if result.get("peak_rss_mib_all_ranks") is not None:
-        rss += f" per rank at most, {result['peak_rss_mib_all_ranks']:.0f} for all ranks"
-    layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
-    peak_on = result.get("sgemm_peak_on") or f"{result['threads']} threads"
-    for line in (
-        f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
-        f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
-        f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
-        f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
-        f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}",
-        f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
-        f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
-        f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {peak_on})",
-    ):
-        typer.echo(line)
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 timed step``, ``0 warm-up steps``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
+evaluation_commands.register(app)
+bench_commands.register(app)
 runs_commands.register(app)
 sweep_commands.register(app)
 export_commands.register(app)

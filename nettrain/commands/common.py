@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
+
 
 def print_problems(e) -> None:
     """A NettrainError on stderr as one line (every problem of a ConfigError on its own line)."""
@@ -48,3 +50,11 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise :func:`usage` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise usage(f"{option} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+
+
+def rank_zero_result(code: int, result):
+    """What a command run on every rank hands back: rank 0 goes on with ``result``, other ranks exit."""
+    if result is None:
+        raise typer.Exit(code)
+    return result
+
