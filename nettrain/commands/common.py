@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 
 SET_HELP = "override a config value (repeatable): --set train.optimizer.lr=0.05 --set model.layers[0].filters=32"
@@ -31,6 +33,20 @@ def run_or_exit(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except NettrainError as e:
         fail(e)
+
+
+@contextmanager
+def errors_as_lines(memory_message: str):
+    """Inside: a NettrainError becomes its problems on stderr and its exit code, a MemoryError
+    ``memory_message`` and exit code 2, never a traceback."""
+    from ..errors import NettrainError
+
+    try:
+        yield
+    except NettrainError as e:
+        fail(e)
+    except MemoryError:
+        out_of_memory(memory_message)
 
 
 def out_of_memory(message: str) -> None:

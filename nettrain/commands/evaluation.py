@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..distributed.launch import is_parallel_launch
-from .common import fail, out_of_memory, rank_zero_result, usage
+from .common import check_choice, errors_as_lines, rank_zero_result
 
 
 def evaluate_command(
@@ -24,11 +24,9 @@ def evaluate_command(
     from ..console import confusion_png_path, print_eval_table
     from ..plots import PLOT_EXTRA
 
-    try:
-        if split not in ("test", "val", "train"):
-            raise usage(f"--split must be test, val or train, got {split!r}")
-        if format not in ("table", "json"):
-            raise usage(f"--format must be table or json, got {format!r}")
+    with errors_as_lines(f"{checkpoint}: the model or the {split} split does not fit in memory"):
+        check_choice("--split", split, ("test", "val", "train"))
+        check_choice("--format", format, ("table", "json"))
         if is_parallel_launch():
             from ..distributed import commands
 
@@ -43,10 +41,6 @@ def evaluate_command(
                     typer.echo(f"note: no confusion matrix plot without matplotlib; {PLOT_EXTRA} adds it", err=True)
         except NettrainError as e:
             typer.echo(f"note: {e}", err=True)
-    except NettrainError as e:
-        fail(e)
-    except MemoryError:
-        out_of_memory(f"{checkpoint}: the model or the {split} split does not fit in memory")
     if format == "json":
         import json
 
@@ -57,7 +51,6 @@ def evaluate_command(
         print_eval_table(report, png)
 
 
-
 def predict_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint .npz, a run folder or an exported .safetensors"),
     files: list[Path] = typer.Argument(..., help="images, .npz files (array 'x'), .npy arrays, or folders of them"),
@@ -65,18 +58,12 @@ def predict_command(
     top: int = typer.Option(3, "--top-k", "--top", min=1, help="how many classes to list per input"),
 ) -> None:
     """Classify images, .npz/.npy arrays (one sample or a batch) or every such file of a folder."""
-    from ..errors import NettrainError
     from ..evaluate import load_trained, predict as predict_files
     from ..console import prediction_csv_rows, print_predictions
 
-    try:
-        if format not in ("table", "json", "csv"):
-            raise usage(f"--format must be table, json or csv, got {format!r}")
+    with errors_as_lines(f"{checkpoint}: the model or the inputs do not fit in memory; predict fewer files at once"):
+        check_choice("--format", format, ("table", "json", "csv"))
         results = predict_files(load_trained(checkpoint), files, top=top)
-    except NettrainError as e:
-        fail(e)
-    except MemoryError:
-        out_of_memory(f"{checkpoint}: the model or the inputs do not fit in memory; predict fewer files at once")
     if format == "json":
         import json
 
@@ -88,7 +75,6 @@ def predict_command(
         csv.writer(sys.stdout, lineterminator="\n").writerows(prediction_csv_rows(results))
     else:
         print_predictions(results)
-
 
 
 def register(app: typer.Typer) -> None:
