@@ -82,6 +82,35 @@ def kernel_rows(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)).reshape(-1, kernel.shape[0])
 
 
+def _cols_buffer(keep_cols: dict | None, key: tuple[int, int], shape: tuple[int, int], dtype) -> np.ndarray:
+    """Where a chunk's columns (or rows) go: scratch, or the caller's array from the last step."""
+    if keep_cols is None:
+        return scratch("cols", shape, dtype)
+    buf = keep_cols.get(key)  # reused: fresh pages cost a fault each
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype)
+    return buf
+
+
+def _run_forward(work, n: int, sample_bytes: int, keep_cols: dict | None) -> None:
+    """Run a forward ``work`` over the batch chunks; kept columns of other chunks are dropped."""
+    workers = chunk_workers()
+    chunks = batch_chunks(n, sample_bytes, workers)
+    if keep_cols is not None and keep_cols.keys() != set(chunks):
+        keep_cols.clear()  # another batch size or thread count: other chunks
+    run_on_chunks(work, chunks, workers)
+
+
+def _backward_arrays(x: np.ndarray, dy: np.ndarray, g: ConvGeometry, f: int, input_grad: bool):
+    """dx (or None), dy as (N, F, pixels), the worker count and one partial dW and db sum per worker."""
+    n = x.shape[0]
+    dx = np.empty_like(x) if input_grad else None
+    workers = chunk_workers()
+    dws = np.zeros((workers, f, g.rows), dtype=x.dtype)
+    dbs = np.zeros((workers, f), dtype=x.dtype)
+    return dx, dy.reshape(n, f, g.pixels), workers, dws, dbs
+
+
 def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
                      keep_cols: dict | None = None) -> np.ndarray:
     """Channels first: one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
@@ -92,23 +121,14 @@ def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
     def work(_, chunks):
         for n0, n1 in chunks:
             shape = (g.rows, (n1 - n0) * g.pixels)
-            if keep_cols is None:
-                buf = scratch("cols", shape, x.dtype)
-            else:  # the caller's arrays from the last step are reused: fresh pages cost a fault each
-                buf = keep_cols.get((n0, n1))
-                if buf is None or buf.shape != shape or buf.dtype != x.dtype:
-                    buf = np.empty(shape, x.dtype)
+            buf = _cols_buffer(keep_cols, (n0, n1), shape, x.dtype)
             cols = ops.im2col(x[n0:n1], g, buf)
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = cols
             z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
             ops.samples_major(z, bias, y[n0:n1])
 
-    workers = chunk_workers()
-    chunks = batch_chunks(n, g.rows * g.pixels * x.itemsize, workers)
-    if keep_cols is not None and keep_cols.keys() != set(chunks):
-        keep_cols.clear()  # another batch size or thread count: other chunks
-    run_on_chunks(work, chunks, workers)
+    _run_forward(work, n, g.rows * g.pixels * x.itemsize, keep_cols)
     return y.reshape(n, f, *g.out_hw)
 
 
@@ -120,11 +140,7 @@ def _backward_columns(
     kept_cols = kept_cols or {}
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
-    dx = np.empty_like(x) if input_grad else None
-    dy3 = dy.reshape(n, f, g.pixels)
-    workers = chunk_workers()
-    dws = np.zeros((workers, f, g.rows), dtype=x.dtype)  # one partial sum per worker
-    dbs = np.zeros((workers, f), dtype=x.dtype)
+    dx, dy3, workers, dws, dbs = _backward_arrays(x, dy, g, f, input_grad)
 
     def work(k, chunks):
         part = np.empty((f, g.rows), dtype=x.dtype)
@@ -155,23 +171,14 @@ def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g:
     def work(_, chunks):
         for n0, n1 in chunks:
             shape = ((n1 - n0) * g.pixels, g.rows)
-            if keep_cols is None:
-                buf = scratch("cols", shape, x.dtype)
-            else:  # the caller's arrays from the last step are reused: fresh pages cost a fault each
-                buf = keep_cols.get((n0, n1))
-                if buf is None or buf.shape != shape or buf.dtype != x.dtype:
-                    buf = np.empty(shape, x.dtype)
+            buf = _cols_buffer(keep_cols, (n0, n1), shape, x.dtype)
             rows = ops.im2row(x[n0:n1], g, buf)
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = rows
             z = np.matmul(rows, wr, out=scratch("gemm", (shape[0], f), x.dtype))
             ops.rows_to_images(z, bias, y[n0:n1])
 
-    workers = chunk_workers()
-    chunks = batch_chunks(n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, workers)
-    if keep_cols is not None and keep_cols.keys() != set(chunks):
-        keep_cols.clear()  # another batch size or thread count: other chunks
-    run_on_chunks(work, chunks, workers)
+    _run_forward(work, n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, keep_cols)
     return y.reshape(n, f, *g.out_hw)
 
 
@@ -184,11 +191,7 @@ def _backward_rows(
     n, f = x.shape[0], kernel.shape[0]
     c = g.in_chw[0]
     wr = kernel_rows(kernel)
-    dx = np.empty_like(x) if input_grad else None
-    dy3 = dy.reshape(n, f, g.pixels)
-    workers = chunk_workers()
-    dws = np.zeros((workers, f, g.rows), dtype=x.dtype)  # one partial sum per worker
-    dbs = np.zeros((workers, f), dtype=x.dtype)
+    dx, dy3, workers, dws, dbs = _backward_arrays(x, dy, g, f, input_grad)
 
     def work(k, chunks):
         part = np.empty((f, g.rows), dtype=x.dtype)
