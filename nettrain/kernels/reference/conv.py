@@ -86,12 +86,7 @@ def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
 def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
     """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
     n, f, p = out.shape
-    z3 = z.reshape(f, n, p).transpose(1, 0, 2)
-    if bias is None:
-        out[...] = z3
-    else:
-        np.add(z3, bias.reshape(1, f, 1), out=out)
-    return out
+    return _store_with_bias(z.reshape(f, n, p).transpose(1, 0, 2), bias, out)
 
 
 # -- the channels-last layout: one row of kh*kw*C values per output pixel ----------------
@@ -150,11 +145,15 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
     """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
     n, f, p = out.shape
-    z3 = z.reshape(n, p, f).transpose(0, 2, 1)
+    return _store_with_bias(z.reshape(n, p, f).transpose(0, 2, 1), bias, out)
+
+
+def _store_with_bias(z3: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """``out`` (n, F, P) = ``z3`` (a view in that shape) plus ``bias`` (F,) when there is one."""
     if bias is None:
         out[...] = z3
     else:
-        np.add(z3, bias.reshape(1, f, 1), out=out)
+        np.add(z3, bias.reshape(1, out.shape[1], 1), out=out)
     return out
 
 
