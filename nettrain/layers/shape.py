@@ -11,12 +11,23 @@ from ..shapes import user_to_internal_shape
 from .base import Layer, LayerSpec, format_shape, register
 
 
-@register
-class Flatten(Layer):
-    """(C, H, W) or (T, F) -> one vector per sample, in NCHW order."""
+class _View(Layer):
+    """A layer that gives each sample another shape (``out_shape``) without copying."""
 
     keeps_input = False
     output_is_view = True
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+
+@register
+class Flatten(_View):
+    """(C, H, W) or (T, F) -> one vector per sample, in NCHW order."""
 
     class Spec(LayerSpec):
         type: Literal["flatten"] = "flatten"
@@ -24,20 +35,10 @@ class Flatten(Layer):
     def compute_output_shape(self, in_shape):
         return (int(np.prod(in_shape)),)
 
-    def forward(self, x, training=False):
-        self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
-
-    def backward(self, dy):
-        return dy.reshape(self._shape)
-
 
 @register
-class Reshape(Layer):
+class Reshape(_View):
     """Reshape each sample; ``target_shape`` reads like ``input_shape`` (H x W x C for images), -1 infers one axis."""
-
-    keeps_input = False
-    output_is_view = True
 
     class Spec(LayerSpec):
         type: Literal["reshape"] = "reshape"
@@ -61,10 +62,3 @@ class Reshape(Layer):
                 in_shape,
             )
         return user_to_internal_shape(target)  # H x W x C as written -> internal (C, H, W)
-
-    def forward(self, x, training=False):
-        self._shape = x.shape
-        return x.reshape(x.shape[0], *self.out_shape)
-
-    def backward(self, dy):
-        return dy.reshape(self._shape)
