@@ -13,7 +13,7 @@ from functools import partial
 from typing import Callable, Literal, Optional
 
 import numpy as np
-from pydantic import NonNegativeFloat, PositiveFloat
+from pydantic import NonNegativeFloat, PositiveFloat, create_model
 
 from .. import kernels
 from .base import Layer, LayerSpec, register
@@ -165,50 +165,26 @@ class ActivationLayer(Layer):
         return self.act.backward(dy)
 
 
-@register
-class ReLU(ActivationLayer):
-    class Spec(LayerSpec):
-        type: Literal["relu"] = "relu"
+def _activation_layer(name: str, type_name: str, doc: str | None = None, alpha=None, make=None) -> type[Layer]:
+    """Register the ActivationLayer ``name`` for ``type: type_name``. With ``alpha`` (a pydantic field:
+    (type, default)), its spec takes an ``alpha`` and ``make(alpha)`` gives the activation."""
+    fields = {"type": (Literal[type_name], type_name)}
+    body = {"__doc__": doc, "__module__": __name__, "__qualname__": name}
+    if alpha is not None:
+        fields["alpha"] = alpha
+        body["activation"] = lambda self: make(self.spec.alpha)
+    body["Spec"] = create_model("Spec", __base__=LayerSpec, __module__=__name__, **fields)
+    body["Spec"].__qualname__ = f"{name}.Spec"
+    return register(type(name, (ActivationLayer,), body))
 
 
-@register
-class Tanh(ActivationLayer):
-    class Spec(LayerSpec):
-        type: Literal["tanh"] = "tanh"
-
-
-@register
-class Sigmoid(ActivationLayer):
-    class Spec(LayerSpec):
-        type: Literal["sigmoid"] = "sigmoid"
-
-
-@register
-class Softmax(ActivationLayer):
-    """Softmax over the last axis. For training, prefer logits + softmax cross-entropy."""
-
-    class Spec(LayerSpec):
-        type: Literal["softmax"] = "softmax"
-
-
-@register
-class LeakyReLU(ActivationLayer):
-    class Spec(LayerSpec):
-        type: Literal["leaky_relu"] = "leaky_relu"
-        alpha: NonNegativeFloat = 0.3
-
-    def activation(self):
-        return leaky_relu(self.spec.alpha)
-
-
-@register
-class ELU(ActivationLayer):
-    class Spec(LayerSpec):
-        type: Literal["elu"] = "elu"
-        alpha: PositiveFloat = 1.0
-
-    def activation(self):
-        return elu(self.spec.alpha)
+ReLU = _activation_layer("ReLU", "relu")
+Tanh = _activation_layer("Tanh", "tanh")
+Sigmoid = _activation_layer("Sigmoid", "sigmoid")
+Softmax = _activation_layer(
+    "Softmax", "softmax", "Softmax over the last axis. For training, prefer logits + softmax cross-entropy.")
+LeakyReLU = _activation_layer("LeakyReLU", "leaky_relu", alpha=(NonNegativeFloat, 0.3), make=leaky_relu)
+ELU = _activation_layer("ELU", "elu", alpha=(PositiveFloat, 1.0), make=elu)
 
 
 @register
