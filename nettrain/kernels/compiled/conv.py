@@ -212,10 +212,14 @@ def _scatter(src, src_start, dst, dst_start, step, length):
 
 
 @jit
-def _im2row(xp, kh, kw, sh, sw, dh, dw, oh, ow, rows):
+def _rows_and_padded(xp, kh, kw, sh, sw, dh, dw, oh, ow, rows, to_rows):
+    """to_rows: copy each receptive field of padded channels-last ``xp`` (n, Hp, Wp, C) into its row of
+    ``rows`` (n*OH*OW, kh*kw*C); else the reverse, summing the rows into ``xp`` (zeroed first)."""
     n, hp, wp, c = xp.shape
     k = kh * kw * c
     pf, rf = xp.reshape(-1), rows.reshape(-1)
+    if not to_rows:
+        _zero(pf, 0, pf.size)
     for t in range(n * oh):
         s = t // oh
         a = t % oh
@@ -224,38 +228,27 @@ def _im2row(xp, kh, kw, sh, sw, dh, dw, oh, ow, rows):
             for i in range(kh):
                 q = ((s * hp + a * sh + i * dh) * wp + b * sw) * c
                 if dw == 1:  # the kw pixels of a kernel row are adjacent: one copy
-                    _copy(pf, q, 1, rf, r0 + i * kw * c, kw * c)
+                    _field(pf, q, rf, r0 + i * kw * c, kw * c, to_rows)
                 else:
                     for j in range(kw):
-                        _copy(pf, q + j * dw * c, 1, rf, r0 + (i * kw + j) * c, c)
+                        _field(pf, q + j * dw * c, rf, r0 + (i * kw + j) * c, c, to_rows)
 
 
-@jit
-def _row2im(rows, kh, kw, sh, sw, dh, dw, oh, ow, dxp):
-    n, hp, wp, c = dxp.shape
-    k = kh * kw * c
-    pf, rf = dxp.reshape(-1), rows.reshape(-1)
-    _zero(pf, 0, pf.size)
-    for t in range(n * oh):
-        s = t // oh
-        a = t % oh
-        for b in range(ow):
-            r0 = (t * ow + b) * k
-            for i in range(kh):
-                q = ((s * hp + a * sh + i * dh) * wp + b * sw) * c
-                if dw == 1:
-                    _add(rf, r0 + i * kw * c, pf, q, 1, kw * c)
-                else:
-                    for j in range(kw):
-                        _add(rf, r0 + (i * kw + j) * c, pf, q + j * dw * c, 1, c)
+@jit(inline="always")
+def _field(pf, p0, rf, r0, length, to_rows):
+    """rf[r0:r0 + length] = pf[p0:p0 + length], or pf[...] += rf[...] when not ``to_rows``."""
+    if to_rows:
+        _copy(pf, p0, 1, rf, r0, length)
+    else:
+        _add(rf, r0, pf, p0, 1, length)
 
 
 @jit
 def _unpad_channels_first(dxp, pt, pl, out):
     """dxp (n, Hp, Wp, C) -> out (n, C, H, W): the part at (pt, pl), channels first."""
+    pf, of = dxp.reshape(-1), out.reshape(-1)
     n, c, h, w = out.shape
     hp, wp = dxp.shape[1], dxp.shape[2]
-    pf, of = dxp.reshape(-1), out.reshape(-1)
     for s in range(n):
         for ch in range(c):
             dst = (s * c + ch) * h * w
@@ -268,7 +261,7 @@ def im2row(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     n, c = x.shape[:2]
     xp = scratch("nhwc", (n, *g.padded_hw, c), x.dtype)
     _pad_channels_last(np.ascontiguousarray(x), g.pad[0], g.pad[2], xp)
-    _im2row(xp, *g.kernel, *g.stride, *g.dilation, *g.out_hw, out)
+    _rows_and_padded(xp, *g.kernel, *g.stride, *g.dilation, *g.out_hw, out, True)
     return out
 
 
@@ -276,7 +269,7 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     """Rows (n*OH*OW, kh*kw*C) -> image gradient ``out`` (n, C, H, W), summing overlaps."""
     n, c = out.shape[:2]
     dxp = scratch("nhwc_grad", (n, *g.padded_hw, c), out.dtype)
-    _row2im(rows, *g.kernel, *g.stride, *g.dilation, *g.out_hw, dxp)
+    _rows_and_padded(dxp, *g.kernel, *g.stride, *g.dilation, *g.out_hw, rows, False)
     _unpad_channels_first(dxp, g.pad[0], g.pad[2], out)
     return out
 
