@@ -18,87 +18,71 @@ def _window_span(o: int, stride: int, pad: int, k: int, size: int):
     return max(start, 0), min(start + k, size)
 
 
-@jit
-def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, y, arg):
-    n, c_in, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    for t in range(n * c_in):
-        s = t // c_in
-        c = t % c_in
-        img = x[s, c]
-        for a in range(oh):
-            r0, r1 = _window_span(a, sh, pt, ph, h)
-            for b in range(ow):
-                q0, q1 = _window_span(b, sw, pl, pw, w)
-                if r0 >= r1 or q0 >= q1:  # a window wholly in the padding
-                    y[s, c, a, b] = -np.inf
-                    arg[s, c, a, b] = -1
-                    continue
-                best = img[r0, q0]
-                best_r = r0
-                best_q = q0
-                for r in range(r0, r1):
-                    row = img[r]
-                    for q in range(q0, q1):
-                        # strict >, so ties keep the first cell in row-major order
-                        if row[q] > best:
-                            best = row[q]
-                            best_r = r
-                            best_q = q
-                y[s, c, a, b] = best
-                arg[s, c, a, b] = (best_r - a * sh + pt) * pw + best_q - b * sw + pl
+@jit(inline="always")
+def _window_max(img, r0, r1, q0, q1, top, left, pw):
+    """The largest cell of img[r0:r1, q0:q1] and its offset in a window at (top, left) of width pw;
+    (-inf, -1) for a window wholly in the padding."""
+    if r0 >= r1 or q0 >= q1:
+        return -np.inf, -1
+    best = img[r0, q0]
+    best_r = r0
+    best_q = q0
+    for r in range(r0, r1):
+        row = img[r]
+        for q in range(q0, q1):
+            # strict >, so ties keep the first cell in row-major order
+            if row[q] > best:
+                best = row[q]
+                best_r = r
+                best_q = q
+    return best, (best_r - top) * pw + best_q - left
+
+
+@jit(inline="always")
+def _window_sum(img, r0, r1, q0, q1):
+    total = 0.0
+    for r in range(r0, r1):
+        for q in range(q0, q1):
+            total += img[r, q]
+    return total
+
+
+def _planes(a: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) -> (n*C, H, W), a view of a C-contiguous array."""
+    return a.reshape(-1, *a.shape[2:])
 
 
 @jit
-def _max_pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, dx):
-    n, c_in, h, w = dx.shape
-    oh, ow = dy.shape[2], dy.shape[3]
-    for t in range(n * c_in):
-        s = t // c_in
-        c = t % c_in
-        img = dx[s, c]
+def _pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y, arg, is_max):
+    """Planes (n*C, H, W) -> max pooling ``y`` and argmax offsets ``arg``, or average pooling ``y``."""
+    for t in range(x.shape[0]):
+        img = x[t]
+        for a in range(y.shape[1]):
+            r0, r1 = _window_span(a, sh, pt, ph, x.shape[1])
+            for b in range(y.shape[2]):
+                q0, q1 = _window_span(b, sw, pl, pw, x.shape[2])
+                if is_max:
+                    y[t, a, b], arg[t, a, b] = _window_max(img, r0, r1, q0, q1, a * sh - pt, b * sw - pl, pw)
+                else:
+                    y[t, a, b] = _window_sum(img, r0, r1, q0, q1) * inv_count[a, b]
+
+
+@jit
+def _pool_backward(dy, arg, ph, pw, sh, sw, pt, pl, inv_count, dx, is_max):
+    """dx planes of max pooling (from the argmax offsets ``arg``) or of average pooling (``inv_count``)."""
+    for t in range(dx.shape[0]):
+        img = dx[t]
         img[...] = 0
-        for a in range(oh):
-            for b in range(ow):
-                k = arg[s, c, a, b]
-                if k < 0:  # a window with no cell inside the image
+        for a in range(dy.shape[1]):
+            r0, r1 = _window_span(a, sh, pt, ph, dx.shape[1])
+            for b in range(dy.shape[2]):
+                if is_max:
+                    k = arg[t, a, b]
+                    if k >= 0:  # -1: a window with no cell inside the image
+                        img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[t, a, b]
                     continue
-                img[a * sh + k // pw - pt, b * sw + k % pw - pl] += dy[s, c, a, b]
-
-
-@jit
-def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, inv_count, y):
-    n, c_in, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    for t in range(n * c_in):
-        s = t // c_in
-        c = t % c_in
-        img = x[s, c]
-        for a in range(oh):
-            r0, r1 = _window_span(a, sh, pt, ph, h)
-            for b in range(ow):
-                q0, q1 = _window_span(b, sw, pl, pw, w)
-                total = 0.0
-                for r in range(r0, r1):
-                    for q in range(q0, q1):
-                        total += img[r, q]
-                y[s, c, a, b] = total * inv_count[a, b]
-
-
-@jit
-def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, inv_count, dx):
-    n, c_in, h, w = dx.shape
-    oh, ow = dy.shape[2], dy.shape[3]
-    for t in range(n * c_in):
-        s = t // c_in
-        c = t % c_in
-        img = dx[s, c]
-        img[...] = 0
-        for a in range(oh):
-            r0, r1 = _window_span(a, sh, pt, ph, h)
-            for b in range(ow):
-                q0, q1 = _window_span(b, sw, pl, pw, w)
-                share = dy[s, c, a, b] * inv_count[a, b]
+                q0, q1 = _window_span(b, sw, pl, pw, dx.shape[2])
+                share = dy[t, a, b] * inv_count[a, b]
                 for r in range(r0, r1):
                     for q in range(q0, q1):
                         img[r, q] += share
@@ -110,30 +94,34 @@ def max_pool_forward(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, np.nda
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
     arg = np.empty(y.shape, argmax_dtype(g))
     x = np.ascontiguousarray(x)
-    over_batch(lambda a, b: _max_pool_forward(x[a:b], ph, pw, *g.stride, g.pad[0], g.pad[2], y[a:b], arg[a:b]),
-               x.shape[0], x.size)
+    no_count = np.empty((0, 0), x.dtype)
+    over_batch(lambda a, b: _pool_forward(_planes(x[a:b]), ph, pw, *g.stride, g.pad[0], g.pad[2], no_count,
+                                          _planes(y[a:b]), _planes(arg[a:b]), True), x.shape[0], x.size)
     return y, arg
 
 
 def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
     dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
     dy = np.ascontiguousarray(dy)
-    over_batch(lambda a, b: _max_pool_backward(dy[a:b], arg[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], dx[a:b]),
-               dx.shape[0], dx.size)
+    no_count = np.empty((0, 0), dy.dtype)
+    over_batch(lambda a, b: _pool_backward(_planes(dy[a:b]), _planes(arg[a:b]), *g.kernel, *g.stride, g.pad[0],
+                                           g.pad[2], no_count, _planes(dx[a:b]), True), dx.shape[0], dx.size)
     return dx
 
 
 def avg_pool_forward(x: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     y = np.empty((x.shape[0], x.shape[1], *g.out_hw), x.dtype)
     x = np.ascontiguousarray(x)
-    over_batch(lambda a, b: _avg_pool_forward(x[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, y[a:b]),
-               x.shape[0], x.size)
+    no_arg = np.empty((0, 0, 0), argmax_dtype(g))
+    over_batch(lambda a, b: _pool_forward(_planes(x[a:b]), *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count,
+                                          _planes(y[a:b]), no_arg, False), x.shape[0], x.size)
     return y
 
 
 def avg_pool_backward(dy: np.ndarray, g: ConvGeometry, inv_count: np.ndarray) -> np.ndarray:
     dx = np.empty((dy.shape[0], dy.shape[1], *g.in_chw[1:]), dy.dtype)
     dy = np.ascontiguousarray(dy)
-    over_batch(lambda a, b: _avg_pool_backward(dy[a:b], *g.kernel, *g.stride, g.pad[0], g.pad[2], inv_count, dx[a:b]),
-               dx.shape[0], dx.size)
+    no_arg = np.empty((0, 0, 0), argmax_dtype(g))
+    over_batch(lambda a, b: _pool_backward(_planes(dy[a:b]), no_arg, *g.kernel, *g.stride, g.pad[0], g.pad[2],
+                                           inv_count, _planes(dx[a:b]), False), dx.shape[0], dx.size)
     return dx
