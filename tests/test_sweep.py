@@ -340,3 +340,28 @@ def test_cli_sweep_then_train_best_yaml(tmp_path):
                           text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "runs").glob("tiny-*/checkpoints/best.npz"))
+
+
+@needs_ray
+def test_a_trial_runs_with_the_spec_cpus_as_its_threads(tmp_path, monkeypatch):
+    """resources.cpus becomes the trial's NETTRAIN_THREADS before training starts, with the sampled values applied."""
+    import types
+
+    import nettrain.training
+    from nettrain.sweep import runner
+
+    base = tiny_base(tmp_path)
+    seen = {}
+
+    def fake_train(config, resume=None, reporter=None):
+        seen.update(threads=os.environ.get("NETTRAIN_THREADS"), lr=config.train.optimizer.lr, resume=resume,
+                    run_dir=config.output.dir)
+
+    monkeypatch.setattr(nettrain.training, "train", fake_train)
+    monkeypatch.setattr(runner.tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t_00001"))
+    monkeypatch.setattr(runner.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setenv("NETTRAIN_THREADS", "7")
+    setup = runner.TrialSetup(base=str(base), base_shown="base.yaml", fixed=(), metric="val_accuracy",
+                              trials_dir=str(tmp_path / "trials"), threads=3)
+    runner.run_trial({"train.optimizer.lr": 0.005}, setup)
+    assert seen == {"threads": "3", "lr": 0.005, "resume": None, "run_dir": str(tmp_path / "trials" / "t_00001")}
