@@ -20,3 +20,10 @@ def make_layer(type_name: str, name: str | None = None, **fields) -> Layer:
     name = name or f"{type_name}_{next(_made)}"
     spec = REGISTRY[type_name].Spec.model_validate({"type": type_name, "name": name, **fields})
     return make_layers([spec])[0]
+
+
+def hide_module(monkeypatch, name: str) -> None:
+    """Make ``import name`` (and its submodules) fail for the rest of the test, as if it were not installed."""
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        monkeypatch.setitem(sys.modules, key, None)
+    monkeypatch.setitem(sys.modules, name, None)

@@ -445,17 +445,10 @@ def test_image_folder_size_mismatch_named(tmp_path):
 
 
 def test_image_folder_without_pillow(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pil(name, *args, **kwargs):
-        if name == "PIL" or name.startswith("PIL."):
-            raise ImportError("no PIL")
-        return real_import(name, *args, **kwargs)
+    from conftest import hide_module
 
     (tmp_path / "a").mkdir()
-    monkeypatch.setattr(builtins, "__import__", no_pil)
+    hide_module(monkeypatch, "PIL")
     with pytest.raises(DataError, match=r"pip install 'nettrain\[images\]'"):
         read_image_folder(tmp_path)
 

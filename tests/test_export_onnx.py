@@ -311,17 +311,9 @@ def test_a_layer_type_without_converter_is_one_line(tiny_run, tmp_path, monkeypa
 
 
 def test_missing_extra_is_one_line(tiny_run, tmp_path, monkeypatch):
-    import builtins
+    from conftest import hide_module
 
-    real_import = builtins.__import__
-
-    def no_onnx(name, *args, **kwargs):
-        if name == "onnx" or name.startswith("onnx."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnx)
-    monkeypatch.delitem(__import__("sys").modules, "onnx")
+    hide_module(monkeypatch, "onnx")
     result = runner.invoke(app, ["export", str(tiny_run.run_dir), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
     assert result.output.strip() == "error: ONNX export needs the 'onnx' package: pip install 'nettrain[onnx]'"

@@ -145,18 +145,9 @@ def test_safetensors_errors_are_one_line(run, exported, tmp_path):
 
 
 def test_layout_torch_without_torch_is_one_line(run, tmp_path, monkeypatch):
-    import builtins
-    import sys
+    from conftest import hide_module
 
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
-    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    hide_module(monkeypatch, "torch")
     result = runner.invoke(app, ["export", str(run.run_dir), "-o", str(tmp_path / "t.safetensors"), "--layout", "torch"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: --layout torch needs the 'torch' package: pip install 'nettrain[bench]'"

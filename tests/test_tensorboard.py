@@ -99,18 +99,9 @@ def test_cli_train_tensorboard_flag(tmp_path):
 
 
 def test_missing_tensorboardx_is_one_line(tmp_path, monkeypatch):
-    import builtins
-    import sys
+    from conftest import hide_module
 
-    real_import = builtins.__import__
-
-    def no_tensorboardx(name, *args, **kwargs):
-        if name == "tensorboardX" or name.startswith("tensorboardX."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
-    monkeypatch.delitem(sys.modules, "tensorboardX", raising=False)
+    hide_module(monkeypatch, "tensorboardX")
     path = write_config(tmp_path / "t.yaml", tiny_config_dict(tmp_path / "run", epochs=1))
     result = runner.invoke(app, ["train", str(path), "--tensorboard", "-q"])
     assert result.exit_code == 2
