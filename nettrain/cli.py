@@ -19,6 +19,7 @@ from .commands.common import SET_HELP, run_or_exit, usage as _usage
 from .commands import bench as bench_commands, evaluation as evaluation_commands
 from .commands import export as export_commands, runs as runs_commands, sweep as sweep_commands
 from .distributed.launch import is_parallel_launch
+from .distributed.supervise import supervise
 
 # Placeholders for options whose name does not say what they take.
 METAVARS = {"set_": "KEY=VALUE"}
@@ -317,6 +318,7 @@ def limit_blas_threads() -> None:
 
 
 def main() -> None:
+    supervise()  # under mpiexec: a watcher that names a rank killed by a signal
     limit_blas_threads()
     app()
 

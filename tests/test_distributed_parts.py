@@ -5,6 +5,7 @@ The end-to-end runs under mpiexec are in test_distributed.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -435,3 +436,51 @@ def test_a_nonfinite_loss_on_one_rank_stops_or_skips_on_every_rank_alike(tmp_pat
         assert skipped == 2
         for name, value in single.model.parameters().items():
             assert relative(value, params[name]) < 1e-5, name
+
+
+# --------------------------------------------------------------------------- the watcher of a rank
+
+WATCHED = """
+import os, signal, sys, time
+from nettrain.distributed.supervise import supervise
+supervise()
+print("worker", os.getpid(), os.environ.get("NETTRAIN_WORKER"), flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+deadline = time.monotonic() + 20
+while not got and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.2)  # a second copy of the signal would arrive by now
+print("signals", got, flush=True)
+sys.exit(143 if got else 1)
+"""
+
+
+def watched(mode: str) -> subprocess.Popen:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PMI_RANK": "1", "PMI_SIZE": "2"}
+    return subprocess.Popen([sys.executable, "-c", WATCHED, mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the watcher runs on Linux only")
+def test_a_rank_killed_by_a_signal_is_named_by_its_watcher():
+    proc = watched("kill")
+    out, err = proc.communicate(timeout=60)
+    worker = int(out.split()[1])
+    assert worker != proc.pid and out.split()[2] == "1"  # the command ran in a forked worker
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert err.splitlines() == [f"error: rank 1 of 2 (process {worker} on {__import__('socket').gethostname()}) "
+                                "was killed by SIGKILL (the out-of-memory killer or kill -9); mpiexec stops the "
+                                "other ranks, and the run folder keeps the last checkpoint saved before it"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the watcher runs on Linux only")
+def test_the_watcher_passes_a_signal_on_once_and_exits_as_the_worker_did():
+    proc = watched("wait")
+    assert proc.stdout.readline().startswith("worker")
+    os.killpg(proc.pid, signal.SIGTERM)  # as MPICH's mpiexec does: to the process group it started
+    out, err = proc.communicate(timeout=60)
+    assert out.split() == ["signals", "[15]"] and err == ""  # once, though both processes could have got it
+    assert proc.returncode == 143

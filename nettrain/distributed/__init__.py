@@ -12,6 +12,7 @@ applies the same update, so N ranks train as one process would (see
 ``evaluation`` :class:`DistributedEvalLoop`: a split sharded across ranks
 ``trainer``    :class:`DistributedTrainer`: start-up agreement, rank-0 writing
 ``commands``   ``train``, ``bench`` and ``eval`` as one rank of a job; faults
+``supervise``  a watcher per rank that names a rank killed by a signal
 =============  ==================================================================
 
 mpi4py and MPICH come with the ``mpi`` extra (``pip install 'nettrain[mpi]'``);
