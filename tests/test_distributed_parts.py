@@ -191,8 +191,8 @@ def test_ranks_take_the_step_one_process_takes(tmp_path, size, sizes):
         assert calls == results[0][3]
         for name, value in results[0][1].items():
             assert np.array_equal(value, params[name]), name
-    # one flat all-reduce of the gradients per step, besides the sums' and BatchNorm's
-    assert results[0][3].count("allreduce_sum") == len(sizes) * 3  # sums, BatchNorm backward, gradients
+    # one flat all-reduce of the gradients and the sums per step, besides BatchNorm's
+    assert results[0][3].count("allreduce_sum") == len(sizes) * 2  # BatchNorm backward; gradients and sums
 
 
 def test_without_synced_batchnorm_the_running_statistics_stay_the_same_on_every_rank(tmp_path):

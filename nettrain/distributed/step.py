@@ -9,11 +9,11 @@ seed and the epoch, so every rank builds the same one) and keeps the rows
   :class:`SyncStatistics`), or use their slice's own;
 * the loss gradient is scaled by the slice's share of the batch, so that each
   rank's gradients are its part of the gradient of the global mean loss;
-* ``reduce_sums`` adds the loss and accuracy sums of all ranks, and with them the
-  ranks' stop requests, so that every rank stops after the same step;
-* ``reduce_gradients`` sums the gradients with one all-reduce of one flat buffer
-  (without ``sync_batchnorm`` the BatchNorm running statistics travel in the
-  same buffer, weighted by slice, so they stay the same on every rank).
+* ``reduce`` sums the gradients with one all-reduce of one flat buffer, and in the
+  same buffer the loss and accuracy sums of all ranks and the ranks' stop requests,
+  so that every rank stops after the same step (without ``sync_batchnorm`` the
+  BatchNorm running statistics travel there too, weighted by slice, so they stay
+  the same on every rank).
 
 Every rank then holds the same gradients and applies the same update, so the
 weights stay identical, and N ranks reach what one process reaches on the same
@@ -173,21 +173,15 @@ class DistributedTrainStep(TrainStep):
                 return f"{cause} (in rank {rank}'s slice of the batch)"
         return next(cause for cause in found if cause is not None)
 
-    # -- the hooks ------------------------------------------------------------------
-    def reduce_sums(self, sums: BatchSums) -> BatchSums:
-        local_stop = self.stop is not None and self.stop.pending is not None
-        buf = np.array([sums.loss_sum, sums.accuracy_sum, sums.samples, float(local_stop)], np.float64)
-        if not self.present:
-            buf[:3] = 0.0
-        self.comm.allreduce_sum(buf)
-        if buf[3] > 0 and self.stop is not None:
-            self.stop.agree(self.comm)
-        return BatchSums(float(buf[0]), float(buf[1]), int(round(buf[2])))
+    # -- the reduction ----------------------------------------------------------------
+    def reduce(self, sums: BatchSums, grads: dict[str, np.ndarray], samples: int) -> BatchSums:
+        """Sum the gradients (already scaled by this rank's share), the batch sums and the stop requests over
+        the ranks, in one all-reduce of one float32 buffer; ``grads`` are replaced in place.
 
-    def reduce_gradients(self, grads: dict[str, np.ndarray], samples: int) -> None:
-        """Sum the gradients (already scaled by this rank's share) over the ranks, in place."""
+        float32 holds the sums to about 1e-7 relative (the counts exactly), far below what metrics print.
+        """
         arrays = list(grads.values()) + list(self.averaged.values())
-        size = sum(a.size for a in arrays)
+        size = sum(a.size for a in arrays) + 4
         if self._flat is None or self._flat.size != size:
             self._flat = np.empty(size, np.float32)
         flat, offset = self._flat, 0
@@ -200,11 +194,17 @@ class DistributedTrainStep(TrainStep):
             else:  # a running statistic, weighted by this rank's share of the batch
                 np.multiply(a.ravel(), np.float32(self.weight), out=part)
             offset += a.size
+        local_stop = self.stop is not None and self.stop.pending is not None
+        flat[-4:] = (sums.loss_sum, sums.accuracy_sum, sums.samples, 0.0) if self.present else 0.0
+        flat[-1] = float(local_stop)
         self.comm.allreduce_sum(flat)
         offset = 0
         for a in arrays:
             a[...] = flat[offset:offset + a.size].reshape(a.shape)
             offset += a.size
+        if flat[-1] > 0 and self.stop is not None:
+            self.stop.agree(self.comm)
+        return BatchSums(float(flat[-4]), float(flat[-3]), int(round(float(flat[-2]))))
 
 
 class CollectiveStop(StopRequest):

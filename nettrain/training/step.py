@@ -3,14 +3,17 @@
 :class:`TrainStep` is the step that ``nettrain train`` and ``nettrain bench`` both
 run. In order::
 
-    forward (training mode) -> loss and accuracy sums -> reduce_sums
-    -> non-finite loss?   -> backward -> reduce_gradients
-    -> non-finite gradient? -> clip to train.clip_grad_norm -> optimizer update
+    forward (training mode) -> loss and accuracy sums -> backward
+    -> reduce (the sums and the gradients) -> non-finite loss? -> non-finite gradient?
+    -> clip to train.clip_grad_norm -> optimizer update
 
-``reduce_sums`` and ``reduce_gradients`` do nothing here; a data-parallel step
-overrides them to all-reduce the batch sums and the gradients across processes,
+``reduce`` does nothing here (it calls the two hooks ``reduce_sums`` and
+``reduce_gradients``, which do nothing either); a data-parallel step overrides it
+to all-reduce the batch sums and the gradients across processes in one message,
 so the guard, the clipping and the update that follow see global values and every
-process takes the same decision and the same update.
+process takes the same decision and the same update. The backward pass runs
+before the loss is checked, so that a process whose loss went non-finite still
+joins that one reduction; its gradients are thrown away with the step.
 
 A step whose loss or gradient is NaN or infinite raises :class:`NonFiniteStep`
 after putting the model back as it was before the step (BatchNorm running
@@ -128,6 +131,12 @@ class TrainStep:
         """Replace ``grads`` in place by their mean over all processes, weighted by ``samples``
         (this process's share of the batch); one process: nothing to do."""
 
+    def reduce(self, sums: BatchSums, grads: dict[str, np.ndarray], samples: int) -> BatchSums:
+        """The batch sums over all processes, with ``grads`` reduced in place (see the two hooks above)."""
+        sums = self.reduce_sums(sums)
+        self.reduce_gradients(grads, samples)
+        return sums
+
     # -- the step ---------------------------------------------------------------
     def __call__(self, x: np.ndarray, y: np.ndarray) -> StepResult:
         """Train on ``(x, y)``; raises :class:`NonFiniteStep` (model rolled back) on NaN or infinity."""
@@ -136,14 +145,14 @@ class TrainStep:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
-            sums = self.reduce_sums(BatchSums(loss * len(y), accuracy(logits, y) * len(y), len(y)))
+            local = BatchSums(loss * len(y), accuracy(logits, y) * len(y), len(y))
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
+            grads = self.model.gradients()
+            sums = self.reduce(local, grads, len(y))
             if not math.isfinite(sums.loss_sum):
                 where = self.locate_nonfinite_output(x, snapshot)
                 snapshot.restore()
                 raise NonFiniteStep(f"non-finite loss ({sums.loss})", where)
-            self.model.backward(self.loss_fn.backward(), input_grad=False)
-            grads = self.model.gradients()
-            self.reduce_gradients(grads, len(y))
             norm = global_norm(grads)
             if not math.isfinite(norm):
                 snapshot.restore()
