@@ -138,6 +138,8 @@ POOL_CASES = [
     ((2, 2, 7, 9), (2, 3), (2, 1), "valid"),  # non-square
     ((2, 2, 7, 7), (3, 3), (2, 2), "same"),
     ((1, 2, 6, 5), (2, 2), (1, 1), "same"),
+    ((2, 3, 7, 9), (2, 2), (2, 2), "valid"),  # tiling, with a row and a column left over
+    ((1, 2, 9, 8), (3, 2), (3, 2), "valid"),  # tiling, non-square
 ]
 
 
@@ -151,6 +153,21 @@ def test_pooling_matches_naive(op, shape, pool, stride, padding):
     y = layer.forward(x)
     expect = naive.pool2d(x.astype(np.float64), pool, stride, layer.pad, "max" if op == "max" else "mean")
     np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,pool,stride,padding", POOL_CASES)
+def test_numpy_maxpool_backward_matches_naive(shape, pool, stride, padding, ties):
+    cls = REGISTRY["maxpool2d"]
+    layer = cls(cls.Spec(pool_size=list(pool), strides=list(stride), padding=padding))
+    layer.build(shape[1:], np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    y, arg = kernels.NUMPY.max_pool_forward(x, layer.geometry)
+    np.testing.assert_allclose(y, naive.pool2d(x.astype(np.float64), pool, stride, layer.pad, "max"))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool, stride, layer.pad)
+    np.testing.assert_allclose(kernels.NUMPY.max_pool_backward(dy, arg, layer.geometry), expect, rtol=1e-6, atol=1e-6)
 
 
 def test_maxpool_gradient_goes_to_the_first_maximum_on_ties():

@@ -20,9 +20,9 @@ def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y = x * scale + shift per feature: (M, F, P) -> (M, F, P)."""
-    y = x3 * scale.reshape(1, -1, 1)
+    y = np.multiply(x3, scale.reshape(1, -1, 1), out=out)
     y += shift.reshape(1, -1, 1)
     return y
 
