@@ -9,7 +9,7 @@ import pytest
 
 import naive
 from nettrain import kernels
-from nettrain.kernels import dispatch, pool
+from nettrain.kernels import dispatch, pool, shifted
 from nettrain.layers import REGISTRY
 
 CONV_SHAPES = [
@@ -93,6 +93,7 @@ def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, ker
     monkeypatch.setattr(gemm, "MIN_CHANNELS", 1)
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 25)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(shifted, "KERNEL_GRAD_BLOCK", 1)  # the kernel gradient over blocks of 32 positions
     cls = REGISTRY["conv2d"]
     layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), padding=padding, dilation=list(dilation)))
     rng = np.random.default_rng(sum(shape))
