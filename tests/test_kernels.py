@@ -44,6 +44,35 @@ def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation)
         assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(shape[2:], stride))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
+def test_numpy_conv2d_by_columns_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation, dtype):
+    """The im2col path of the NumPy set, forward and all gradients, chunk by chunk."""
+    from nettrain.kernels import gemm
+
+    monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 0)  # never by offsets
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    rng = np.random.default_rng(sum(shape))
+    layer.build(shape[1:], rng)
+    g = layer.geometry
+    w, b = layer.params["kernel"].astype(dtype), rng.standard_normal(filters).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, stride, layer.pad, dilation)
+    dy = rng.standard_normal(expect.shape)
+    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, stride,
+                                                            layer.pad, dilation)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(kernels.conv2d_forward(x, w, b, g, kernels.NUMPY), expect, rtol=tol, atol=tol)
+    dx, dw, db = kernels.conv2d_backward(x, w, dy.astype(dtype), g, True, kernels.NUMPY, True)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, dx_expect, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, dw_expect, rtol=tol, atol=tol * np.abs(dw_expect).max())
+    np.testing.assert_allclose(db, db_expect, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
 def test_im2row_and_row2im_are_im2col_and_col2im_with_the_channels_last(shape, filters, kernel, stride, padding,
                                                                       dilation):

@@ -56,6 +56,25 @@ def _flat_images(x: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
     return flat
 
 
+def _flat_output_grad(dy: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
+    """dy (n, F, OH, OW) -> (F, n*Hp*Wp): at each output pixel's flat position, zeros elsewhere."""
+    n, f, oh, ow = dy.shape
+    hp, wp = g.padded_hw
+    dyf = scratch(name, (f, n * hp * wp), dy.dtype)
+    dyf[...] = 0
+    dyf.reshape(f, n, hp, wp)[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
+    return dyf
+
+
+def _image_grad(dxf: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """The flat padded gradient (C, n*Hp*Wp + span) -> ``out`` (n, C, H, W) without its padding."""
+    n, c, h, w = out.shape
+    hp, wp = g.padded_hw
+    top, left = g.pad[0], g.pad[2]
+    out[...] = dxf[:, : n * hp * wp].reshape(c, n, hp, wp)[:, :, top : top + h, left : left + w].transpose(1, 0, 2, 3)
+    return out
+
+
 def _chunks(n: int, g: ConvGeometry, filters: int, itemsize: int, workers: int) -> list[tuple[int, int]]:
     c = g.in_chw[0]
     hp, wp = g.padded_hw
@@ -95,12 +114,11 @@ def conv2d_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None."""
     n, f = x.shape[0], kernel.shape[0]
-    c, h, w = g.in_chw
-    oh, ow = g.out_hw
+    c = g.in_chw[0]
     hp, wp = g.padded_hw
-    top, left = g.pad[0], g.pad[2]
     kh, kw = g.kernel
     wk = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1))
+    offsets = _offsets(g)
     dx = np.empty_like(x) if input_grad else None
     workers = chunk_workers()
     dws = np.zeros((workers, kh, kw, f, c), dtype=x.dtype)  # one partial sum per worker
@@ -111,24 +129,21 @@ def conv2d_backward(
         for n0, n1 in chunks:
             m = (n1 - n0) * hp * wp
             xf = _flat_images(x[n0:n1], g, "shift_x")
-            dyf = scratch("shift_acc", (f, m), x.dtype)  # dy at the output positions, zeros elsewhere
-            dyf[...] = 0
-            dyf.reshape(f, n1 - n0, hp, wp)[:, :, :oh, :ow] = dy[n0:n1].transpose(1, 0, 2, 3)
+            dyf = _flat_output_grad(dy[n0:n1], g, "shift_acc")
             block = max(32, KERNEL_GRAD_BLOCK // (f + c))
             for b0 in range(0, m, block):
                 b1 = min(m, b0 + block)
-                for i, j, o in _offsets(g):
+                for i, j, o in offsets:
                     dws[k, i, j] += np.matmul(dyf[:, b0:b1], xf[:, o + b0 : o + b1].T, out=part)
             if with_bias:
                 dbs[k] += dyf.sum(axis=1)
             if input_grad:
-                dxf = scratch("shift_dx", (c, m + _span(g)), x.dtype)
+                dxf = scratch("shift_dx", (c, m + offsets[-1][2]), x.dtype)
                 dxf[...] = 0
                 tmp = scratch("shift_tmp", (c, m), x.dtype)
-                for i, j, o in _offsets(g):
+                for i, j, o in offsets:
                     dxf[:, o : o + m] += np.matmul(wk[i, j].T, dyf, out=tmp)
-                grad = dxf[:, :m].reshape(c, n1 - n0, hp, wp)[:, :, top : top + h, left : left + w]
-                dx[n0:n1] = grad.transpose(1, 0, 2, 3)
+                _image_grad(dxf, g, dx[n0:n1])
 
     run_on_chunks(work, _chunks(n, g, f, x.itemsize, workers), workers)
     dkernel = np.ascontiguousarray(dws.sum(axis=0).transpose(2, 3, 0, 1))
