@@ -51,6 +51,7 @@ def test_numpy_conv2d_by_columns_matches_naive(monkeypatch, shape, filters, kern
     from nettrain.kernels import gemm
 
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 0)  # never by offsets
+    monkeypatch.setattr(gemm, "SHIFTED_BACKWARD_MAX_OFFSETS", 0)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
     cls = REGISTRY["conv2d"]
     layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
@@ -158,6 +159,9 @@ def test_only_small_stride_1_kernels_with_enough_channels_run_by_offsets():
     assert gemm.by_offsets(geometry(16, (3, 3), (1, 1)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (3, 3), (2, 2)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
+    assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY, backward=True)
+    assert not gemm.by_offsets(geometry(3, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(3, (3, 3), (1, 1)), kernels.NUMPY)
 
 

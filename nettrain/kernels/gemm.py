@@ -31,16 +31,22 @@ rows copy poorly and their per-offset GEMMs are too thin (measured)."""
 SHIFTED_MAX_OFFSETS = 9
 """Stride-1 kernels with up to this many offsets (3x3) run :mod:`.shifted` on a channels-first set."""
 
+SHIFTED_BACKWARD_MAX_OFFSETS = 25
+"""The same limit for the backward pass, whose col2im costs more than its im2col: alexnet_100's
+5x5 convolution runs its backward by offsets (measured 14 against 24 ms) and its forward by im2col."""
+
 
 def channels_last(g: ConvGeometry, ops) -> bool:
     """Whether a convolution of geometry ``g`` runs its GEMMs channels last with kernel set ``ops``."""
     return getattr(ops, "conv_layout", "columns") == "rows" and g.in_chw[0] >= MIN_CHANNELS
 
 
-def by_offsets(g: ConvGeometry, ops) -> bool:
-    """Whether a convolution runs one GEMM per kernel offset (:mod:`.shifted`) instead of im2col."""
+def by_offsets(g: ConvGeometry, ops, backward: bool = False) -> bool:
+    """Whether a convolution's forward (or ``backward``) pass runs one GEMM per kernel offset
+    (:mod:`.shifted`) instead of im2col."""
+    limit = SHIFTED_BACKWARD_MAX_OFFSETS if backward else SHIFTED_MAX_OFFSETS
     return (getattr(ops, "conv_layout", "columns") == "columns" and shifted.applies(g)
-            and g.kernel[0] * g.kernel[1] <= SHIFTED_MAX_OFFSETS and g.in_chw[0] >= MIN_CHANNELS)
+            and g.kernel[0] * g.kernel[1] <= limit and g.in_chw[0] >= MIN_CHANNELS)
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
@@ -71,7 +77,7 @@ def conv2d_backward(
     gradient by one GEMM, then (if ``input_grad``) the patches' gradient by another and
     col2im/row2im; in the layout :func:`conv2d_forward` used.
     """
-    if by_offsets(g, ops):
+    if by_offsets(g, ops, backward=True) and not kept_cols:
         return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
     return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
