@@ -22,6 +22,7 @@ CONV_SHAPES = [
     ((1, 2, 9, 9), 2, (3, 3), (1, 1), "valid", (2, 2)),  # dilation
     ((1, 2, 9, 8), 2, (3, 2), (2, 1), "same", (2, 3)),
     ((2, 3, 10, 10), 5, (4, 4), (4, 4), "valid", (1, 1)),  # AlexNet-like 4x4/4
+    ((2, 2, 11, 13), 3, (3, 4), (3, 4), "valid", (1, 1)),  # tiling, pixels left over below and right
     ((1, 3, 6, 6), 2, (3, 3), (1, 1), 2, (1, 1)),
 ]
 
@@ -46,8 +47,10 @@ def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
-def test_numpy_conv2d_by_columns_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation, dtype):
-    """The im2col path of the NumPy set, forward and all gradients, chunk by chunk."""
+def test_numpy_conv2d_without_offsets_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation,
+                                                    dtype):
+    """The NumPy set's im2col path (or per-sample patches where the windows tile the image), forward and all
+    gradients, chunk by chunk."""
     from nettrain.kernels import gemm
 
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 0)  # never by offsets

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import shifted
+from . import patches, shifted
 from .geometry import ConvGeometry
 from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch,
                    split_workers)
@@ -49,6 +49,11 @@ def by_offsets(g: ConvGeometry, ops, backward: bool = False) -> bool:
             and g.kernel[0] * g.kernel[1] <= limit and g.in_chw[0] >= MIN_CHANNELS)
 
 
+def by_patches(g: ConvGeometry, ops) -> bool:
+    """Whether a convolution whose windows tile the image runs one GEMM per sample (:mod:`.patches`)."""
+    return getattr(ops, "conv_layout", "columns") == "columns" and patches.applies(g)
+
+
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
                    keep_cols: dict | None = None) -> np.ndarray:
     """(N, C, H, W) -> (N, F, OH, OW) by one GEMM per batch chunk.
@@ -57,12 +62,15 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     the kernel set prefers it (:func:`channels_last`), channels last, (n*OH*OW, kh*kw*C) x
     (kh*kw*C, F) after im2row, which suits a BLAS better when F is small. Small stride-1
     kernels on a channels-first set skip the patch matrix: one GEMM per kernel offset
-    (:func:`by_offsets`, :mod:`.shifted`). With a ``keep_cols`` dict, each chunk's patch
+    (:func:`by_offsets`, :mod:`.shifted`), and windows that tile the image one GEMM per sample
+    (:func:`by_patches`, :mod:`.patches`). With a ``keep_cols`` dict, each chunk's patch
     matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
     then need not build it again; arrays already in it are written over.
     """
     if by_offsets(g, ops):
         return shifted.conv2d_forward(x, kernel, bias, g)
+    if by_patches(g, ops):
+        return patches.conv2d_forward(x, kernel, bias, g)
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
     return drive(x, kernel, bias, g, ops, keep_cols)
 
@@ -79,6 +87,8 @@ def conv2d_backward(
     """
     if by_offsets(g, ops, backward=True) and not kept_cols:
         return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
+    if by_patches(g, ops) and not kept_cols:
+        return patches.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
     return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
 

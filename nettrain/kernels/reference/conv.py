@@ -44,12 +44,6 @@ def window(xp: np.ndarray, i: int, j: int, stride, dilation, out_hw) -> np.ndarr
     return xp[:, :, r : r + sh * (oh - 1) + 1 : sh, c : c + sw * (ow - 1) + 1 : sw]
 
 
-def patches(g: ConvGeometry) -> bool:
-    """Whether the windows of ``g`` tile the image without padding (stride == kernel): each input
-    pixel is in one window at most, as in a patchifying first layer."""
-    return g.stride == g.kernel and g.dilation == (1, 1) and not any(g.pad)
-
-
 def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     """Images (n, C, H, W) -> columns ``out`` (C*kh*kw, n*OH*OW), rows ordered (c, i, j).
 
@@ -59,12 +53,8 @@ def im2col(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     """
     n, c = x.shape[:2]
     kh, kw = g.kernel
-    cols = out.reshape(c, kh, kw, n, *g.out_hw)
-    if patches(g):  # the windows tile the image: one transposing copy
-        oh, ow = g.out_hw
-        cols[...] = x[:, :, : oh * kh, : ow * kw].reshape(n, c, oh, kh, ow, kw).transpose(1, 3, 5, 0, 2, 4)
-        return out
     xp = pad_images(x, g.pad, out=scratch("pad", (n, c, *g.padded_hw), x.dtype)) if any(g.pad) else x
+    cols = out.reshape(c, kh, kw, n, *g.out_hw)
     for i in range(kh):
         for j in range(kw):
             cols[:, i, j] = window(xp, i, j, g.stride, g.dilation, g.out_hw).transpose(1, 0, 2, 3)
