@@ -70,7 +70,7 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     if by_offsets(g, ops):
         return shifted.conv2d_forward(x, kernel, bias, g)
     if by_patches(g, ops):
-        return patches.conv2d_forward(x, kernel, bias, g)
+        return patches.conv2d_forward(x, kernel, bias, g, keep_cols)
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
     return drive(x, kernel, bias, g, ops, keep_cols)
 
@@ -87,8 +87,8 @@ def conv2d_backward(
     """
     if by_offsets(g, ops, backward=True) and not kept_cols:
         return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
-    if by_patches(g, ops) and not kept_cols:
-        return patches.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
+    if by_patches(g, ops):
+        return patches.conv2d_backward(x, kernel, dy, g, with_bias, input_grad, kept_cols)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
     return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
 
