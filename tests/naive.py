@@ -39,6 +39,23 @@ def pool2d(x, pool, stride, pad, op):
     return y
 
 
+
+def max_pool2d_backward(x, dy, pool, stride, pad):
+    """Each window's gradient to its first maximal cell in row-major order, by explicit loops."""
+    n, c, h, w = x.shape
+    ph, pw = pool
+    sh, sw = stride
+    dx = np.zeros((n, c, h, w))
+    for s in range(n):
+        for ch in range(c):
+            for r in range(dy.shape[2]):
+                for q in range(dy.shape[3]):
+                    r0, q0 = r * sh - pad[0], q * sw - pad[2]
+                    cells = [(a, b) for a in range(max(r0, 0), min(r0 + ph, h)) for b in range(max(q0, 0), min(q0 + pw, w))]
+                    a, b = max(cells, key=lambda ab: (x[s, ch, ab[0], ab[1]], -ab[0], -ab[1]))
+                    dx[s, ch, a, b] += dy[s, ch, r, q]
+    return dx
+
 def conv2d_backward(x, w, dy, stride, pad, dilation):
     """The gradients of :func:`conv2d` (dx, dw, db) from dy, by the same loops over output pixels."""
     n, c, h, wd = x.shape

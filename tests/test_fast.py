@@ -398,7 +398,11 @@ def test_max_pool_window_wholly_in_padding_gets_minus_infinity_and_no_gradient()
 
 THREADED_LAYERS = [
     ("conv2d", dict(filters=4, kernel_size=3, padding="same"), (3, 9, 9)),
+    ("conv2d", dict(filters=4, kernel_size=3, padding="same"), (8, 6, 7)),  # NumPy: by offsets
+    ("conv2d", dict(filters=5, kernel_size=5, padding="same"), (8, 7, 6)),  # NumPy: backward by offsets
+    ("conv2d", dict(filters=4, kernel_size=2, strides=2), (3, 8, 9)),  # NumPy: per-sample patches
     ("maxpool2d", dict(pool_size=3, strides=2), (3, 9, 9)),
+    ("maxpool2d", dict(pool_size=2), (3, 9, 8)),  # windows that tile the image
     ("avgpool2d", dict(pool_size=2, padding="same"), (3, 9, 9)),
     ("batchnorm", dict(), (5, 4, 4)),
     ("relu", dict(), (3, 5, 5)),

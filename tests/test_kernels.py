@@ -9,7 +9,7 @@ import pytest
 
 import naive
 from nettrain import kernels
-from nettrain.kernels import dispatch, pool
+from nettrain.kernels import dispatch, pool, shifted
 from nettrain.layers import REGISTRY
 
 CONV_SHAPES = [
@@ -22,6 +22,7 @@ CONV_SHAPES = [
     ((1, 2, 9, 9), 2, (3, 3), (1, 1), "valid", (2, 2)),  # dilation
     ((1, 2, 9, 8), 2, (3, 2), (2, 1), "same", (2, 3)),
     ((2, 3, 10, 10), 5, (4, 4), (4, 4), "valid", (1, 1)),  # AlexNet-like 4x4/4
+    ((2, 2, 11, 13), 3, (3, 4), (3, 4), "valid", (1, 1)),  # tiling, pixels left over below and right
     ((1, 3, 6, 6), 2, (3, 3), (1, 1), 2, (1, 1)),
 ]
 
@@ -42,6 +43,38 @@ def test_conv2d_matches_naive(shape, filters, kernel, stride, padding, dilation)
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
     if padding == "same":
         assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(shape[2:], stride))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
+def test_numpy_conv2d_without_offsets_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation,
+                                                    dtype):
+    """The NumPy set's im2col path (or per-sample patches where the windows tile the image), forward and all
+    gradients, chunk by chunk."""
+    from nettrain.kernels import gemm
+
+    monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 0)  # never by offsets
+    monkeypatch.setattr(gemm, "SHIFTED_BACKWARD_MAX_OFFSETS", 0)
+    monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    cls = REGISTRY["conv2d"]
+    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
+                         dilation=list(dilation)))
+    rng = np.random.default_rng(sum(shape))
+    layer.build(shape[1:], rng)
+    g = layer.geometry
+    w, b = layer.params["kernel"].astype(dtype), rng.standard_normal(filters).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, stride, layer.pad, dilation)
+    dy = rng.standard_normal(expect.shape)
+    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, stride,
+                                                            layer.pad, dilation)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(kernels.conv2d_forward(x, w, b, g, kernels.NUMPY), expect, rtol=tol, atol=tol)
+    dx, dw, db = kernels.conv2d_backward(x, w, dy.astype(dtype), g, True, kernels.NUMPY, True)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, dx_expect, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, dw_expect, rtol=tol, atol=tol * np.abs(dw_expect).max())
+    np.testing.assert_allclose(db, db_expect, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding,dilation", CONV_SHAPES)
@@ -93,6 +126,7 @@ def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, ker
     monkeypatch.setattr(gemm, "MIN_CHANNELS", 1)
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 25)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(shifted, "KERNEL_GRAD_BLOCK", 1)  # the kernel gradient over blocks of 32 positions
     cls = REGISTRY["conv2d"]
     layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), padding=padding, dilation=list(dilation)))
     rng = np.random.default_rng(sum(shape))
@@ -128,6 +162,9 @@ def test_only_small_stride_1_kernels_with_enough_channels_run_by_offsets():
     assert gemm.by_offsets(geometry(16, (3, 3), (1, 1)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (3, 3), (2, 2)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
+    assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY, backward=True)
+    assert not gemm.by_offsets(geometry(3, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(3, (3, 3), (1, 1)), kernels.NUMPY)
 
 
@@ -138,6 +175,8 @@ POOL_CASES = [
     ((2, 2, 7, 9), (2, 3), (2, 1), "valid"),  # non-square
     ((2, 2, 7, 7), (3, 3), (2, 2), "same"),
     ((1, 2, 6, 5), (2, 2), (1, 1), "same"),
+    ((2, 3, 7, 9), (2, 2), (2, 2), "valid"),  # tiling, with a row and a column left over
+    ((1, 2, 9, 8), (3, 2), (3, 2), "valid"),  # tiling, non-square
 ]
 
 
@@ -151,6 +190,21 @@ def test_pooling_matches_naive(op, shape, pool, stride, padding):
     y = layer.forward(x)
     expect = naive.pool2d(x.astype(np.float64), pool, stride, layer.pad, "max" if op == "max" else "mean")
     np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,pool,stride,padding", POOL_CASES)
+def test_numpy_maxpool_backward_matches_naive(shape, pool, stride, padding, ties):
+    cls = REGISTRY["maxpool2d"]
+    layer = cls(cls.Spec(pool_size=list(pool), strides=list(stride), padding=padding))
+    layer.build(shape[1:], np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    y, arg = kernels.NUMPY.max_pool_forward(x, layer.geometry)
+    np.testing.assert_allclose(y, naive.pool2d(x.astype(np.float64), pool, stride, layer.pad, "max"))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool, stride, layer.pad)
+    np.testing.assert_allclose(kernels.NUMPY.max_pool_backward(dy, arg, layer.geometry), expect, rtol=1e-6, atol=1e-6)
 
 
 def test_maxpool_gradient_goes_to_the_first_maximum_on_ties():

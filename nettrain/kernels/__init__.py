@@ -10,6 +10,7 @@ to the GEMM drivers (:mod:`.gemm`), which run on the worker threads of :mod:`.po
     geometry.py   ConvGeometry: the shape of a 2-D window op
     gemm.py       convolution by im2col/im2row + GEMM, threaded matrix products
     shifted.py    stride-1 convolution by one GEMM per kernel offset (the NumPy path)
+    patches.py    convolution whose windows tile the image, one GEMM per sample (the NumPy path)
     reference/    the NumPy kernels (conv, pooling, batchnorm, activations, recurrent)
     compiled/     the numba kernels, imported only when asked for
     dispatch.py   kernel sets by name, the choice NETTRAIN_FAST and numba make

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import shifted
+from . import patches, shifted
 from .geometry import ConvGeometry
 from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch,
                    split_workers)
@@ -31,16 +31,27 @@ rows copy poorly and their per-offset GEMMs are too thin (measured)."""
 SHIFTED_MAX_OFFSETS = 9
 """Stride-1 kernels with up to this many offsets (3x3) run :mod:`.shifted` on a channels-first set."""
 
+SHIFTED_BACKWARD_MAX_OFFSETS = 25
+"""The same limit for the backward pass, whose col2im costs more than its im2col: alexnet_100's
+5x5 convolution runs its backward by offsets (measured 14 against 24 ms) and its forward by im2col."""
+
 
 def channels_last(g: ConvGeometry, ops) -> bool:
     """Whether a convolution of geometry ``g`` runs its GEMMs channels last with kernel set ``ops``."""
     return getattr(ops, "conv_layout", "columns") == "rows" and g.in_chw[0] >= MIN_CHANNELS
 
 
-def by_offsets(g: ConvGeometry, ops) -> bool:
-    """Whether a convolution runs one GEMM per kernel offset (:mod:`.shifted`) instead of im2col."""
+def by_offsets(g: ConvGeometry, ops, backward: bool = False) -> bool:
+    """Whether a convolution's forward (or ``backward``) pass runs one GEMM per kernel offset
+    (:mod:`.shifted`) instead of im2col."""
+    limit = SHIFTED_BACKWARD_MAX_OFFSETS if backward else SHIFTED_MAX_OFFSETS
     return (getattr(ops, "conv_layout", "columns") == "columns" and shifted.applies(g)
-            and g.kernel[0] * g.kernel[1] <= SHIFTED_MAX_OFFSETS and g.in_chw[0] >= MIN_CHANNELS)
+            and g.kernel[0] * g.kernel[1] <= limit and g.in_chw[0] >= MIN_CHANNELS)
+
+
+def by_patches(g: ConvGeometry, ops) -> bool:
+    """Whether a convolution whose windows tile the image runs one GEMM per sample (:mod:`.patches`)."""
+    return getattr(ops, "conv_layout", "columns") == "columns" and patches.applies(g)
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
@@ -51,12 +62,15 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     the kernel set prefers it (:func:`channels_last`), channels last, (n*OH*OW, kh*kw*C) x
     (kh*kw*C, F) after im2row, which suits a BLAS better when F is small. Small stride-1
     kernels on a channels-first set skip the patch matrix: one GEMM per kernel offset
-    (:func:`by_offsets`, :mod:`.shifted`). With a ``keep_cols`` dict, each chunk's patch
+    (:func:`by_offsets`, :mod:`.shifted`), and windows that tile the image one GEMM per sample
+    (:func:`by_patches`, :mod:`.patches`). With a ``keep_cols`` dict, each chunk's patch
     matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
     then need not build it again; arrays already in it are written over.
     """
     if by_offsets(g, ops):
         return shifted.conv2d_forward(x, kernel, bias, g)
+    if by_patches(g, ops):
+        return patches.conv2d_forward(x, kernel, bias, g, keep_cols)
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
     return drive(x, kernel, bias, g, ops, keep_cols)
 
@@ -71,8 +85,10 @@ def conv2d_backward(
     gradient by one GEMM, then (if ``input_grad``) the patches' gradient by another and
     col2im/row2im; in the layout :func:`conv2d_forward` used.
     """
-    if by_offsets(g, ops):
+    if by_offsets(g, ops, backward=True) and not kept_cols:
         return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
+    if by_patches(g, ops):
+        return patches.conv2d_backward(x, kernel, dy, g, with_bias, input_grad, kept_cols)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
     return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
 

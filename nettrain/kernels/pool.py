@@ -179,15 +179,16 @@ def over_batch(work, n: int, elements: int) -> None:
 
 
 def split_samples(fn, outputs: tuple, batched: tuple, shared: tuple = ()):
-    """``outputs[k][s0:s1] = fn(*(a[s0:s1] for a in batched), *shared)[k]`` over sample ranges on the threads.
+    """``fn(*(a[s0:s1] for a in batched), *shared, out=...)`` over sample ranges on the worker threads.
 
-    Runs a kernel written for a whole batch on the worker threads, one range of samples each.
+    Runs a kernel written for a whole batch on the worker threads, one range of samples
+    each; ``fn`` writes its results into the slices ``out`` of ``outputs`` (a tuple of
+    them when there are several), so no range is copied twice.
     """
 
     def work(s0, s1):
-        result = fn(*(a[s0:s1] for a in batched), *shared)
-        for out, part in zip(outputs, result if isinstance(result, tuple) else (result,)):
-            out[s0:s1] = part
+        parts = tuple(out[s0:s1] for out in outputs)
+        fn(*(a[s0:s1] for a in batched), *shared, out=parts if len(parts) > 1 else parts[0])
 
     over_batch(work, batched[0].shape[0], batched[0].size)
     return outputs if len(outputs) > 1 else outputs[0]

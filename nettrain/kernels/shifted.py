@@ -1,15 +1,18 @@
 """Stride-1 convolution without a patch matrix: one GEMM per kernel offset, summed (the NumPy path).
 
-A chunk of images is laid out channels first and flattened with its padding,
-``X`` (C, n*Hp*Wp) plus a tail of zeros. Output pixel (a, b) of sample s sits at
-flat position ``s*Hp*Wp + a*Wp + b``; with stride 1 the input it sees through
-kernel offset (i, j) sits ``i*dh*Wp + j*dw`` further on. So each offset is one GEMM,
-``W[:, :, i, j] (F, C) x X[:, o:o+L] (C, L)``, of a plain slice of X, and their sum,
-read at the valid positions, is the convolution: kh*kw GEMMs and adds instead of an
-im2col buffer kh*kw times the input. The positions past the right and bottom edges
-(Wp - OW columns and Hp - OH rows per sample) are computed and dropped. The
-gradients go the same way: dW[:, :, i, j] = dY X[:, o:o+L]^T, and dX adds
-W[:, :, i, j]^T dY at offset o.
+A chunk of images is laid out channels first and flattened, ``X`` (C, lead + n*Hq*Wq
+plus a tail of zeros): each sample a block of Hq = H + gap rows of Wq = W + gap values,
+its pixels in the top-left H x W corner, zeros in the rest. Output pixel (a, b) of
+sample s sits at flat position ``s*Hq*Wq + a*Wq + b``; with stride 1 the input it sees
+through kernel offset (i, j) sits ``i*dh*Wq + j*dw`` further on. So each offset is one
+GEMM, ``W[:, :, i, j] (F, C) x X[:, o:o+L] (C, L)``, of a plain slice of X, and their
+sum, read at the valid positions, is the convolution: kh*kw GEMMs and adds instead of
+an im2col buffer kh*kw times the input. The zeros between one row (or sample) and the
+next serve as the right (bottom) padding of the one and the left (top) padding of the
+other, so a gap of max(left, right) columns and max(top, bottom) rows is enough: a
+3x3 ``same`` convolution computes (H+1)(W+1) positions per sample, not (H+2)(W+2), and
+drops the others. The gradients go the same way: dW[:, :, i, j] = dY X[:, o:o+L]^T,
+and dX adds W[:, :, i, j]^T dY at offset o.
 
 With NumPy's copies (but not the compiled ones, see :mod:`.gemm`) this measured faster
 than im2col for every stride-1 convolution of ResNet-20 and alexnet_100.
@@ -22,57 +25,92 @@ import numpy as np
 from .geometry import ConvGeometry
 from .pool import batch_chunks, chunk_workers, run_on_chunks, scratch
 
+KERNEL_GRAD_BLOCK = 48 * 1024
+"""Floats of dY and X per GEMM of the kernel gradient: its (F, C) products over a chunk's positions
+run on blocks of ``KERNEL_GRAD_BLOCK // (F + C)`` positions at a time. With a few dozen channels
+such a product does only F*C/(F+C) multiply-adds per value it reads, and OpenBLAS ran the
+long ones at half the speed of blocks that stay in the L2 cache (measured on ResNet-20's 16 and
+32 channels; 64 gained nothing and lost nothing)."""
+
 
 def applies(g: ConvGeometry) -> bool:
     """Whether :func:`conv2d_forward` and :func:`conv2d_backward` take geometry ``g`` (stride 1)."""
     return g.stride == (1, 1)
 
 
+def _grid(g: ConvGeometry) -> tuple[int, int, int]:
+    """(Hq, Wq, lead): the rows and the row length of each sample's block, and the zeros before the first."""
+    _, h, w = g.in_chw
+    top, bottom, left, right = g.pad
+    oh, ow = g.out_hw
+    wq = w + max(left, right, ow - w)
+    return h + max(top, bottom, oh - h), wq, top * wq + left
+
+
 def _offsets(g: ConvGeometry) -> list[tuple[int, int, int]]:
     """(i, j, flat offset) for every kernel offset."""
-    (kh, kw), (dh, dw), wp = g.kernel, g.dilation, g.padded_hw[1]
-    return [(i, j, i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
+    (kh, kw), (dh, dw), wq = g.kernel, g.dilation, _grid(g)[1]
+    return [(i, j, i * dh * wq + j * dw) for i in range(kh) for j in range(kw)]
 
 
-def _span(g: ConvGeometry) -> int:
-    return _offsets(g)[-1][2]
+def _flat_length(n: int, g: ConvGeometry) -> int:
+    """Values per channel of the flat layout of n images: the blocks, the lead and what the last offset reads."""
+    hq, wq, lead = _grid(g)
+    return n * hq * wq + max(lead, _offsets(g)[-1][2])
 
 
 def _flat_images(x: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
-    """Images (n, C, H, W) -> (C, n*Hp*Wp + span): channels first, padded, zeros after."""
+    """Images (n, C, H, W) -> (C, flat length): channels first, each sample in a zero-padded block."""
     n, c, h, w = x.shape
-    hp, wp = g.padded_hw
-    top, left = g.pad[0], g.pad[2]
-    flat = scratch(name, (c, n * hp * wp + _span(g)), x.dtype)
+    hq, wq, lead = _grid(g)
+    flat = scratch(name, (c, _flat_length(n, g)), x.dtype)
     flat[...] = 0
-    flat[:, : n * hp * wp].reshape(c, n, hp, wp)[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    flat[:, lead : lead + n * hq * wq].reshape(c, n, hq, wq)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
     return flat
+
+
+def _flat_output_grad(dy: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
+    """dy (n, F, OH, OW) -> (F, n*Hq*Wq): at each output pixel's flat position, zeros elsewhere."""
+    n, f, oh, ow = dy.shape
+    hq, wq, _ = _grid(g)
+    dyf = scratch(name, (f, n * hq * wq), dy.dtype)
+    dyf[...] = 0
+    dyf.reshape(f, n, hq, wq)[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
+    return dyf
+
+
+def _image_grad(dxf: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """The gradient of the flat layout (C, flat length) -> ``out`` (n, C, H, W)."""
+    n, c, h, w = out.shape
+    hq, wq, lead = _grid(g)
+    out[...] = dxf[:, lead : lead + n * hq * wq].reshape(c, n, hq, wq)[:, :, :h, :w].transpose(1, 0, 2, 3)
+    return out
 
 
 def _chunks(n: int, g: ConvGeometry, filters: int, itemsize: int, workers: int) -> list[tuple[int, int]]:
     c = g.in_chw[0]
-    hp, wp = g.padded_hw
-    return batch_chunks(n, (2 * c + 2 * filters) * hp * wp * itemsize, workers)
+    hq, wq, _ = _grid(g)
+    return batch_chunks(n, (2 * c + 2 * filters) * hq * wq * itemsize, workers)
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry) -> np.ndarray:
     """(N, C, H, W) -> (N, F, OH, OW) for a stride-1 ``g``, by kh*kw GEMMs per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     oh, ow = g.out_hw
-    hp, wp = g.padded_hw
+    hq, wq, _ = _grid(g)
     wk = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1))  # (kh, kw, F, C): each offset's matrix contiguous
     y = np.empty((n, f, oh, ow), dtype=x.dtype)
 
     def work(_, chunks):
         for n0, n1 in chunks:
-            m = (n1 - n0) * hp * wp
+            m = (n1 - n0) * hq * wq
             xf = _flat_images(x[n0:n1], g, "shift_x")
             acc, tmp = scratch("shift_acc", (f, m), x.dtype), scratch("shift_tmp", (f, m), x.dtype)
             for k, (i, j, o) in enumerate(_offsets(g)):
                 np.matmul(wk[i, j], xf[:, o : o + m], out=tmp if k else acc)
                 if k:
                     acc += tmp
-            valid = acc.reshape(f, n1 - n0, hp, wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
+            valid = acc.reshape(f, n1 - n0, hq, wq)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
             if bias is None:
                 y[n0:n1] = valid
             else:
@@ -88,12 +126,11 @@ def conv2d_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None."""
     n, f = x.shape[0], kernel.shape[0]
-    c, h, w = g.in_chw
-    oh, ow = g.out_hw
-    hp, wp = g.padded_hw
-    top, left = g.pad[0], g.pad[2]
+    c = g.in_chw[0]
+    hq, wq, _ = _grid(g)
     kh, kw = g.kernel
     wk = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1))
+    offsets = _offsets(g)
     dx = np.empty_like(x) if input_grad else None
     workers = chunk_workers()
     dws = np.zeros((workers, kh, kw, f, c), dtype=x.dtype)  # one partial sum per worker
@@ -102,23 +139,23 @@ def conv2d_backward(
     def work(k, chunks):
         part = np.empty((f, c), dtype=x.dtype)
         for n0, n1 in chunks:
-            m = (n1 - n0) * hp * wp
+            m = (n1 - n0) * hq * wq
             xf = _flat_images(x[n0:n1], g, "shift_x")
-            dyf = scratch("shift_acc", (f, m), x.dtype)  # dy at the output positions, zeros elsewhere
-            dyf[...] = 0
-            dyf.reshape(f, n1 - n0, hp, wp)[:, :, :oh, :ow] = dy[n0:n1].transpose(1, 0, 2, 3)
-            for i, j, o in _offsets(g):
-                dws[k, i, j] += np.matmul(dyf, xf[:, o : o + m].T, out=part)
+            dyf = _flat_output_grad(dy[n0:n1], g, "shift_acc")
+            block = max(32, KERNEL_GRAD_BLOCK // (f + c))
+            for b0 in range(0, m, block):
+                b1 = min(m, b0 + block)
+                for i, j, o in offsets:
+                    dws[k, i, j] += np.matmul(dyf[:, b0:b1], xf[:, o + b0 : o + b1].T, out=part)
             if with_bias:
                 dbs[k] += dyf.sum(axis=1)
             if input_grad:
-                dxf = scratch("shift_dx", (c, m + _span(g)), x.dtype)
+                dxf = scratch("shift_dx", (c, _flat_length(n1 - n0, g)), x.dtype)
                 dxf[...] = 0
                 tmp = scratch("shift_tmp", (c, m), x.dtype)
-                for i, j, o in _offsets(g):
+                for i, j, o in offsets:
                     dxf[:, o : o + m] += np.matmul(wk[i, j].T, dyf, out=tmp)
-                grad = dxf[:, :m].reshape(c, n1 - n0, hp, wp)[:, :, top : top + h, left : left + w]
-                dx[n0:n1] = grad.transpose(1, 0, 2, 3)
+                _image_grad(dxf, g, dx[n0:n1])
 
     run_on_chunks(work, _chunks(n, g, f, x.itemsize, workers), workers)
     dkernel = np.ascontiguousarray(dws.sum(axis=0).transpose(2, 3, 0, 1))

@@ -7,13 +7,13 @@ import numpy as np
 from ..pool import split_samples
 
 
-def relu_forward(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0, dtype=x.dtype)
+def relu_forward(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.maximum(x, 0, dtype=x.dtype, out=out)
 
 
-def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """dy * (y > 0): the gradient where the output was positive, else 0 (NaN in dy stays NaN)."""
-    return np.multiply(dy, y > 0, dtype=dy.dtype)
+    return np.multiply(dy, y > 0, dtype=dy.dtype, out=out)
 
 
 def threaded_relu_forward(x):

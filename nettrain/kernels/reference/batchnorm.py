@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pool import over_batch, split_samples
+from ..pool import over_batch, scratch, split_samples
 
 # Arrays arrive as (M, F, P): M samples, F features, P positions sharing a
 # feature's statistics (P = H*W for images, 1 for vectors; a (N, T, F) sequence
@@ -15,38 +15,41 @@ def batchnorm_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(M, F, P) -> per-feature mean and biased variance (F,), in x's dtype."""
     m = x3.shape[0] * x3.shape[2]
     mean = np.einsum("mfp->f", x3) / x3.dtype.type(m)
-    xc = x3 - mean.reshape(1, -1, 1)
+    xc = np.subtract(x3, mean.reshape(1, -1, 1), out=scratch("bn_centered", x3.shape, x3.dtype))
     var = np.einsum("mfp,mfp->f", xc, xc) / x3.dtype.type(m)
     return mean, var
 
 
-def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """y = x * scale + shift per feature: (M, F, P) -> (M, F, P)."""
-    y = x3 * scale.reshape(1, -1, 1)
+    y = np.multiply(x3, scale.reshape(1, -1, 1), out=out)
     y += shift.reshape(1, -1, 1)
     return y
 
 
 def batchnorm_backward(
-    x3: np.ndarray, dy3: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray
+    x3: np.ndarray, dy3: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
+    out: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training-mode gradients: -> dx (M, F, P), dgamma (F,), dbeta (F,).
+    """Training-mode gradients: -> dx (M, F, P), dgamma (F,), dbeta (F,); into ``out`` when given.
 
     Closed form with xhat = (x - mean) * inv_std:
     dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
     m = x3.dtype.type(x3.shape[0] * x3.shape[2])
-    xc = x3 - mean.reshape(1, -1, 1)
-    dbeta = np.einsum("mfp->f", dy3)
+    dx, dgamma, dbeta = out if out is not None else (np.empty_like(x3), None, None)
+    xc = np.subtract(x3, mean.reshape(1, -1, 1), out=scratch("bn_centered", x3.shape, x3.dtype))
+    dbeta = np.einsum("mfp->f", dy3, out=dbeta)
     dy_xc = np.einsum("mfp,mfp->f", dy3, xc)
-    dgamma = dy_xc * inv_std
+    dgamma = np.multiply(dy_xc, inv_std, out=dgamma)
     a = gamma * inv_std
     b = -a * inv_std * inv_std * dy_xc / m
     c = -a * dbeta / m
-    dx = dy3 * a.reshape(1, -1, 1)
+    np.multiply(dy3, a.reshape(1, -1, 1), out=dx)
     xc *= b.reshape(1, -1, 1)
+    xc += c.reshape(1, -1, 1)
     dx += xc
-    dx += c.reshape(1, -1, 1)
     return dx, dgamma, dbeta
 
 
@@ -72,8 +75,8 @@ def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma):
     dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
 
     def work(k0, k1):
-        part = batchnorm_backward(x3[:, k0:k1], dy3[:, k0:k1], mean[k0:k1], inv_std[k0:k1], gamma[k0:k1])
-        dx3[:, k0:k1], dgamma[k0:k1], dbeta[k0:k1] = part
+        part = (dx3[:, k0:k1], dgamma[k0:k1], dbeta[k0:k1])
+        batchnorm_backward(x3[:, k0:k1], dy3[:, k0:k1], mean[k0:k1], inv_std[k0:k1], gamma[k0:k1], out=part)
 
     over_batch(work, f, x3.size)
     return dx3, dgamma, dbeta
