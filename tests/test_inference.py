@@ -60,6 +60,12 @@ MODELS = {
         {"type": "residual", "activation": None, "body": [{"type": "dropout", "rate": 0.5}]},  # hands x on
         {"type": "residual", "body": [{"type": "flatten"}, {"type": "reshape", "target_shape": [5, 5, 4]}]},
     ]),
+    "conv1d_bn": ((5, 7), [  # a batchnorm after a conv1d normalises its positions, not its channels
+        {"type": "conv1d", "filters": 4, "kernel_size": 3},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "conv1d", "filters": 3, "kernel_size": 2, "activation": "relu"},
+    ]),
     "dense_on_sequences": ((5, 7), [
         {"type": "dense", "units": 9, "use_bias": False},
         {"type": "batchnorm"},
