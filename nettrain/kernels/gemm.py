@@ -55,7 +55,7 @@ def by_patches(g: ConvGeometry, ops) -> bool:
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                   keep_cols: dict | None = None) -> np.ndarray:
+                   keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """(N, C, H, W) -> (N, F, OH, OW) by one GEMM per batch chunk.
 
     The GEMM runs channels first, (F, C*kh*kw) x (C*kh*kw, n*OH*OW) after im2col, or, where
@@ -65,14 +65,16 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     (:func:`by_offsets`, :mod:`.shifted`), and windows that tile the image one GEMM per sample
     (:func:`by_patches`, :mod:`.patches`). With a ``keep_cols`` dict, each chunk's patch
     matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
-    then need not build it again; arrays already in it are written over.
+    then need not build it again; arrays already in it are written over. ``relu`` applies a ReLU
+    in the pass that stores each chunk's output (the eval forward's fused activation).
     """
     if by_offsets(g, ops):
-        return shifted.conv2d_forward(x, kernel, bias, g)
+        return shifted.conv2d_forward(x, kernel, bias, g, relu)
     if by_patches(g, ops):
-        return patches.conv2d_forward(x, kernel, bias, g, keep_cols)
+        y = patches.conv2d_forward(x, kernel, bias, g, keep_cols)
+        return np.maximum(y, 0, out=y) if relu else y  # NaN stays NaN
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
-    return drive(x, kernel, bias, g, ops, keep_cols)
+    return drive(x, kernel, bias, g, ops, keep_cols, relu)
 
 
 def conv2d_backward(
@@ -128,7 +130,7 @@ def _backward_arrays(x: np.ndarray, dy: np.ndarray, g: ConvGeometry, f: int, inp
 
 
 def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                     keep_cols: dict | None = None) -> np.ndarray:
+                     keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """Channels first: one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     w2 = kernel.reshape(f, -1)
@@ -142,7 +144,7 @@ def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = cols
             z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
-            ops.samples_major(z, bias, y[n0:n1])
+            ops.samples_major(z, bias, y[n0:n1], relu)
 
     _run_forward(work, n, g.rows * g.pixels * x.itemsize, keep_cols)
     return y.reshape(n, f, *g.out_hw)
@@ -178,7 +180,7 @@ def _backward_columns(
 
 
 def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                  keep_cols: dict | None = None) -> np.ndarray:
+                  keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """Channels last: one GEMM (n*OH*OW, kh*kw*C) x (kh*kw*C, F) per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     wr = kernel_rows(kernel)
@@ -192,7 +194,7 @@ def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g:
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = rows
             z = np.matmul(rows, wr, out=scratch("gemm", (shape[0], f), x.dtype))
-            ops.rows_to_images(z, bias, y[n0:n1])
+            ops.rows_to_images(z, bias, y[n0:n1], relu)
 
     _run_forward(work, n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, keep_cols)
     return y.reshape(n, f, *g.out_hw)

@@ -93,8 +93,10 @@ def _chunks(n: int, g: ConvGeometry, filters: int, itemsize: int, workers: int) 
     return batch_chunks(n, (2 * c + 2 * filters) * hq * wq * itemsize, workers)
 
 
-def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry) -> np.ndarray:
-    """(N, C, H, W) -> (N, F, OH, OW) for a stride-1 ``g``, by kh*kw GEMMs per batch chunk."""
+def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry,
+                   relu: bool = False) -> np.ndarray:
+    """(N, C, H, W) -> (N, F, OH, OW) for a stride-1 ``g``, by kh*kw GEMMs per batch chunk; ``relu``: then
+    max(0, .) on each chunk while it is in cache."""
     n, f = x.shape[0], kernel.shape[0]
     oh, ow = g.out_hw
     hq, wq, _ = _grid(g)
@@ -115,6 +117,8 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
                 y[n0:n1] = valid
             else:
                 np.add(valid, bias.reshape(1, f, 1, 1), out=y[n0:n1])
+            if relu:
+                np.maximum(y[n0:n1], 0, out=y[n0:n1])
 
     workers = chunk_workers()
     run_on_chunks(work, _chunks(n, g, f, x.itemsize, workers), workers)

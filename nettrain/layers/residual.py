@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Literal, Optional
 import numpy as np
 from pydantic import PositiveInt
 
-from .activations import ActivationName, FusedActivation
+from .activations import ACTIVATIONS, ActivationName, FusedActivation
 from .base import Layer, LayerSpec, format_shape, register
 from .container import Sequential
 from .conv import Conv2D
+from .inference import add_into
 from .norm import BatchNorm
 
 if TYPE_CHECKING:  # the real type is bound in layers/__init__.py once every layer is registered
@@ -145,8 +146,29 @@ class Residual(Layer):
         return self.act.cache_bytes(self.output_bytes(batch))
 
     def forward(self, x, training=False):
-        self.body.forward_hook = self.forward_hook
+        self.body.forward_hook = self.shortcut.forward_hook = self.forward_hook
+        if not training and self.forward_hook is None:
+            return self.eval_forward(x)
         return self.act.forward(self.body.forward(x, training) + self._shortcut_forward(x, training))
+
+    def eval_forward(self, x):
+        """The eval-mode forward: the shortcut added into the body's output in place, then the activation
+        (ReLU in the same pass)."""
+        y = self.body.forward(x, False)
+        if np.may_share_memory(y, x):  # a body that hands its input on (dropout, reshape)
+            y = y.copy()
+        kind, channels = self.spec.shortcut, slice(None)
+        if kind == "identity":
+            short = x
+        elif kind == "projection":
+            short = self.shortcut.forward(x, False)
+        else:
+            before, after = self.channel_pad
+            short, channels = x[:, :, :: self.stride, :: self.stride], slice(before, y.shape[1] - after)
+        activation = self.act.activation
+        relu = activation is ACTIVATIONS["relu"]
+        add_into(y, short, channels, relu)
+        return y if relu or activation is None else activation.forward(y)
 
     def backward(self, dy):
         dy = self.act.backward(dy)

@@ -145,7 +145,7 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _samples_major(z, bias, use_bias, out):
+def _samples_major(z, bias, use_bias, relu, out):
     n, f, p = out.shape
     for t in range(n * f):
         s = t // f
@@ -153,8 +153,13 @@ def _samples_major(z, bias, use_bias, out):
         src = z[k, s * p : (s + 1) * p]
         dst = out[s, k]
         b = bias[k] if use_bias else 0
-        for e in range(p):
-            dst[e] = src[e] + b
+        if relu:
+            for e in range(p):
+                v = src[e] + b
+                dst[e] = 0 if v < 0 else v  # NaN passes through, as in the ReLU kernel
+        else:
+            for e in range(p):
+                dst[e] = src[e] + b
 
 
 @jit
@@ -169,10 +174,10 @@ def _channels_major(y, out):
             dst[e] = src[e]
 
 
-def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
     use_bias = bias is not None
-    _samples_major(z, bias if use_bias else z[:, 0], use_bias, out)
+    _samples_major(z, bias if use_bias else z[:, 0], use_bias, bool(relu), out)
     return out
 
 
@@ -275,7 +280,7 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _rows_to_images(z, bias, use_bias, out):
+def _rows_to_images(z, bias, use_bias, relu, out):
     n, f, p = out.shape
     zf = z.reshape(-1)
     for t in range(n * f):
@@ -284,8 +289,13 @@ def _rows_to_images(z, bias, use_bias, out):
         b = bias[k] if use_bias else 0
         src = np.uint64(s * p * f + k)
         dst = out[s, k]
-        for e in range(np.uint64(p)):
-            dst[e] = zf[src + e * np.uint64(f)] + b
+        if relu:
+            for e in range(np.uint64(p)):
+                v = zf[src + e * np.uint64(f)] + b
+                dst[e] = 0 if v < 0 else v  # NaN passes through, as in the ReLU kernel
+        else:
+            for e in range(np.uint64(p)):
+                dst[e] = zf[src + e * np.uint64(f)] + b
 
 
 @jit
@@ -298,10 +308,10 @@ def _images_to_rows(y, out):
         _scatter(y[s, k], 0, of, s * p * f + k, f, p)
 
 
-def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
     use_bias = bias is not None
-    _rows_to_images(z, bias if use_bias else z[0], use_bias, out)
+    _rows_to_images(z, bias if use_bias else z[0], use_bias, bool(relu), out)
     return out
 
 

@@ -83,10 +83,10 @@ def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
     n, f, p = out.shape
-    return _store_with_bias(z.reshape(f, n, p).transpose(1, 0, 2), bias, out)
+    return _store_with_bias(z.reshape(f, n, p).transpose(1, 0, 2), bias, out, relu)
 
 
 # -- the channels-last layout: one row of kh*kw*C values per output pixel ----------------
@@ -142,18 +142,21 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P)."""
+def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
     n, f, p = out.shape
-    return _store_with_bias(z.reshape(n, p, f).transpose(0, 2, 1), bias, out)
+    return _store_with_bias(z.reshape(n, p, f).transpose(0, 2, 1), bias, out, relu)
 
 
-def _store_with_bias(z3: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """``out`` (n, F, P) = ``z3`` (a view in that shape) plus ``bias`` (F,) when there is one."""
+def _store_with_bias(z3: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """``out`` (n, F, P) = ``z3`` (a view in that shape) plus ``bias`` (F,) when there is one, then
+    max(0, .) with ``relu`` (NaN stays NaN)."""
     if bias is None:
         out[...] = z3
     else:
         np.add(z3, bias.reshape(1, out.shape[1], 1), out=out)
+    if relu:
+        np.maximum(out, 0, out=out)
     return out
 
 

@@ -1,0 +1,163 @@
+"""The eval-mode forward pass of a sequence of layers, with BatchNorm folded away and ReLU fused.
+
+In evaluation a BatchNorm is a fixed per-channel affine map, ``y = x * scale + shift`` with
+``scale = gamma / sqrt(running_var + eps)`` and ``shift = beta - running_mean * scale``. After
+a convolution (or a dense layer) without an activation of its own, it folds into that layer::
+
+    W' = W * scale  (per output channel)        b' = (b - running_mean) * scale + beta
+
+so the BatchNorm pass disappears. A ReLU right after (a ``relu`` layer, or the layer's own
+``activation: relu``) is applied by the pass that moves each batch chunk of the convolution's
+GEMM output into place, so it costs no pass of its own. A residual block adds its shortcut into
+its body's output in place and applies its ReLU there too. Nothing is kept for a backward pass.
+
+The folded weights are computed again at every forward pass rather than cached: the fold reads
+the weights once (ResNet-20's 19 folds take about 0.4 ms, against about 250 ms for a forward pass
+of 128 images and 2-3 ms for one image), and with nothing cached no optimizer step,
+``load_arrays``, checkpoint load or training-mode update of the running statistics can leave a
+stale copy behind.
+
+:func:`forward_sequence` is what :class:`~nettrain.layers.container.Sequential` runs for
+``forward(x, training=False)`` when no forward hook is installed (a hook wants every layer's
+own output, so it gets the plain layer-by-layer pass).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import kernels
+from .activations import ACTIVATIONS, ActivationLayer
+from .base import Layer
+from .conv import Conv2D
+from .dense import Dense
+from .norm import BatchNorm
+
+Inplace = Callable[[np.ndarray], None]
+
+
+def relu_inplace(y: np.ndarray) -> None:
+    """ReLU written over ``y`` (NaN stays NaN, as in the ReLU kernels)."""
+    np.maximum(y, 0, out=y)
+
+
+def batchnorm_affine(bn: BatchNorm, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The eval-mode BatchNorm as ``(scale, shift)``: ``y = x * scale + shift``, in ``dtype``, with
+    the same arithmetic as :meth:`BatchNorm.forward` in eval mode."""
+    dtype = np.dtype(dtype)
+    mean = bn.buffers["running_mean"].astype(dtype, copy=False)
+    var = bn.buffers["running_var"].astype(dtype, copy=False)
+    scale = 1 / np.sqrt(var + dtype.type(bn.spec.epsilon))
+    if "gamma" in bn.params:
+        scale *= bn.params["gamma"].astype(dtype, copy=False)
+    shift = -mean * scale
+    if "beta" in bn.params:
+        shift += bn.params["beta"].astype(dtype, copy=False)
+    return scale, shift
+
+
+def folded_weights(layer: Conv2D | Dense, bn: BatchNorm | None, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """``layer``'s kernel and bias with ``bn`` (or nothing) folded in; the output channels are the
+    first axis of a conv kernel (F, C, kh, kw) and the last of a dense one (in, units)."""
+    kernel, bias = layer.params["kernel"], layer.params.get("bias")
+    if bn is None:
+        return kernel, bias
+    scale, shift = batchnorm_affine(bn, dtype)
+    if isinstance(layer, Conv2D):
+        kernel = kernel * scale.reshape(-1, 1, 1, 1)
+    else:
+        kernel = kernel * scale
+    return kernel, shift if bias is None else bias * scale + shift
+
+
+class Fused:
+    """A convolution or dense layer, the BatchNorm folded into it (or None), and the activation
+    that follows: ``"relu"`` (in the pass that stores the conv output, in place after a dense
+    product), another activation (its forward), or None."""
+
+    def __init__(self, layer: Conv2D | Dense, bn: BatchNorm | None, activation):
+        self.layer, self.bn, self.activation = layer, bn, activation
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        kernel, bias = folded_weights(self.layer, self.bn, x.dtype)
+        inplace = relu_inplace if self.activation == "relu" else None
+        if isinstance(self.layer, Conv2D):
+            x = np.ascontiguousarray(x)
+            y = kernels.conv2d_forward(x, kernel, bias, self.layer.geometry, kernels.backend(x.dtype),
+                                       relu=inplace is not None)
+        else:
+            y = dense_forward(x, kernel, bias, inplace)
+        if self.activation is not None and inplace is None:
+            y = self.activation.forward(y)
+        return y
+
+
+def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, after: Inplace | None) -> np.ndarray:
+    """``x @ kernel + bias`` on the last axis, then ``after`` in place, by row blocks on the threads."""
+    f_in, units = kernel.shape
+    x2 = np.ascontiguousarray(x).reshape(-1, f_in)
+    z = np.empty((x2.shape[0], units), np.result_type(x2, kernel))
+
+    def rows(r0, r1):
+        np.matmul(x2[r0:r1], kernel, out=z[r0:r1])
+        if bias is not None:
+            z[r0:r1] += bias
+        if after is not None:
+            after(z[r0:r1])
+
+    kernels.over_batch(rows, x2.shape[0], x2.shape[0] * units)
+    return z.reshape(*x.shape[:-1], units)
+
+
+def _named(activation):
+    """``"relu"`` for ReLU (run in place), else the activation itself."""
+    return "relu" if activation is ACTIVATIONS["relu"] else activation
+
+
+def _activation_after(layers: list[Layer], i: int):
+    """The activation of an activation layer at ``layers[i]``: ``"relu"``, an Activation, or None."""
+    if i < len(layers) and isinstance(layers[i], ActivationLayer):
+        return _named(layers[i].act.activation)
+    return None
+
+
+def plan(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The eval step that starts at ``layers[i]`` and how many layers it covers."""
+    layer = layers[i]
+    if type(layer) not in (Conv2D, Dense):  # not Conv1D: a BatchNorm after it normalises its positions
+        return (lambda x: layer.forward(x, False)), 1
+    own = layer.act.activation
+    if own is not None:  # a BatchNorm after the activation cannot fold into the weights
+        return Fused(layer, None, _named(own)), 1
+    used = 1
+    bn = layers[i + 1] if i + 1 < len(layers) and type(layers[i + 1]) is BatchNorm else None
+    if bn is not None:
+        used += 1
+    activation = _activation_after(layers, i + used)
+    if activation is not None:
+        used += 1
+    return Fused(layer, bn, activation), used
+
+
+def forward_sequence(layers: list[Layer], x: np.ndarray) -> np.ndarray:
+    """``layers`` applied to ``x`` in eval mode, fused where they allow."""
+    i = 0
+    while i < len(layers):
+        step, used = plan(layers, i)
+        x = step(x)
+        i += used
+    return x
+
+
+def add_into(y: np.ndarray, short: np.ndarray, channels: slice = slice(None), relu: bool = False) -> None:
+    """``y[:, channels] += short``, then ReLU over ``y`` with ``relu``, in place, by batch ranges on the
+    threads: a residual block's sum and activation in eval mode, without the two new arrays of training."""
+
+    def rows(s0, s1):
+        y[s0:s1, channels] += short[s0:s1]
+        if relu:
+            relu_inplace(y[s0:s1])
+
+    kernels.over_batch(rows, y.shape[0], y.size)
