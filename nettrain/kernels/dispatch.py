@@ -39,6 +39,8 @@ KERNEL_NAMES = (
     "batchnorm_stats",
     "batchnorm_affine",
     "batchnorm_backward",
+    "batchnorm_relu_affine",
+    "batchnorm_relu_backward",
     "relu_forward",
     "relu_backward",
     "rnn_cell_forward",

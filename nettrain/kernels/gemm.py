@@ -143,14 +143,15 @@ def _backward_columns(
     dx, dy3, workers, dws, dbs = _backward_arrays(x, dy, g, f, input_grad)
 
     def work(k, chunks):
-        part = np.empty((f, g.rows), dtype=x.dtype)
+        part = np.empty((g.rows, f), dtype=x.dtype)
         for n0, n1 in chunks:
             m = (n1 - n0) * g.pixels
             cols = kept_cols.get((n0, n1))
             if cols is None:
                 cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
             dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
-            dws[k] += np.matmul(dz, cols.T, out=part)
+            # (cols dz^T)^T rather than dz cols^T: the BLAS runs this orientation 1.3-2x faster (measured)
+            dws[k] += np.matmul(cols, dz.T, out=part).T
             if with_bias:
                 dbs[k] += dz.sum(axis=1)
             if input_grad:

@@ -32,6 +32,10 @@ class Sequential(Layer):
     def create_params(self, in_shape: Shape, rng: np.random.Generator) -> None:
         for layer in self.layers:
             in_shape = layer.build(in_shape, rng)
+        for layer, after in zip(self.layers, self.layers[1:]):
+            fuse = getattr(layer, "fuse_activation", None)  # a BatchNorm applies a ReLU after it in training
+            if fuse is not None:
+                fuse(after)
 
     def forward(self, x, training=False):
         for layer in self.layers:

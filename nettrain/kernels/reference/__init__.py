@@ -32,6 +32,8 @@ KERNELS = {
     "batchnorm_stats": batchnorm.threaded_batchnorm_stats,
     "batchnorm_affine": batchnorm.threaded_batchnorm_affine,
     "batchnorm_backward": batchnorm.threaded_batchnorm_backward,
+    "batchnorm_relu_affine": batchnorm.batchnorm_relu_affine,
+    "batchnorm_relu_backward": batchnorm.batchnorm_relu_backward,
     "relu_forward": activations.threaded_relu_forward,
     "relu_backward": activations.threaded_relu_backward,
     "rnn_cell_forward": recurrent.rnn_cell_forward,

@@ -1,0 +1,177 @@
+"""BatchNorm + ReLU fused in training: the kernels against the reference, the layers against the unfused pair."""
+
+import numpy as np
+import pytest
+
+from conftest import make_layer
+from gradcheck import check_layer
+from nettrain import kernels
+from nettrain.kernels import reference
+from nettrain.layers import Sequential
+from nettrain.layers.norm import BatchStatistics
+
+pytest.importorskip("numba")
+
+NUMBA = kernels.kernel_set("numba")
+
+# (M, F, P): images (P = H*W, one above the kernels' 512-value blocks), vectors (P = 1), odd sizes
+SHAPES = [(5, 3, 7), (3, 2, 1030), (9, 6, 1), (2, 5, 513)]
+
+
+def bn_inputs(shape, seed, far=0.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + 0.5 + far).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    f = shape[1]
+    mean = x.astype(np.float64).mean(axis=(0, 2)).astype(np.float32)
+    inv_std = (1 / np.sqrt(x.astype(np.float64).var(axis=(0, 2)) + 1e-5)).astype(np.float32)
+    gamma = rng.uniform(0.5, 2, f).astype(np.float32)
+    beta = rng.standard_normal(f).astype(np.float32)
+    return x, dy, mean, inv_std, gamma, beta
+
+
+def naive_bn_relu(x, dy, gamma, beta, eps=1e-5):
+    """float64 loops over channels: y = relu(bn(x)) with the batch statistics, and its gradients."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    dgamma, dbeta = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for k in range(x.shape[1]):
+        v = x[:, k]
+        mu, var = v.mean(), v.var()
+        xhat = (v - mu) / np.sqrt(var + eps)
+        z = gamma[k] * xhat + beta[k]
+        y[:, k] = np.maximum(z, 0)
+        g = dy[:, k] * (z > 0)
+        dbeta[k], dgamma[k] = g.sum(), (g * xhat).sum()
+        dx[:, k] = gamma[k] / np.sqrt(var + eps) * (g - g.mean() - xhat * (g * xhat).mean())
+    return y, dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_kernels_match_the_reference_and_float64_loops(shape):
+    x, dy, mean, inv_std, gamma, beta = bn_inputs(shape, seed=sum(shape))
+    scale, shift = gamma * inv_std, beta - mean * gamma * inv_std
+    y_fast = NUMBA.batchnorm_relu_affine(x, scale, shift)
+    y_ref = reference.KERNELS["batchnorm_relu_affine"](x, scale, shift)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-6, atol=1e-6)
+    fast = NUMBA.batchnorm_relu_backward(x, y_fast, dy, mean, inv_std, gamma)
+    ref = reference.KERNELS["batchnorm_relu_backward"](x, y_ref, dy, mean, inv_std, gamma)
+    for got, expect in zip(fast, ref):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expect).max()))
+    y64, dx64, dgamma64, dbeta64 = naive_bn_relu(x, dy, gamma, beta)
+    np.testing.assert_allclose(y_fast, y64, rtol=1e-4, atol=1e-4)
+    for got, expect in zip(fast, (dx64, dgamma64, dbeta64)):
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expect).max()))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_unfused_compiled_backward_matches_the_reference(shape):
+    x, dy, mean, inv_std, gamma, _ = bn_inputs(shape, seed=7 + sum(shape))
+    fast = NUMBA.batchnorm_backward(x, dy, mean, inv_std, gamma)
+    ref = reference.batchnorm_backward(x, dy, mean, inv_std, gamma)
+    for got, expect in zip(fast, ref):
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expect).max()))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_statistics_in_blocks_stay_accurate_far_from_zero(shape):
+    x, *_ = bn_inputs(shape, seed=3, far=1000.0)
+    mean, var = NUMBA.batchnorm_stats(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-3)
+
+
+def test_fused_kernels_keep_nan():
+    x, dy, mean, inv_std, gamma, beta = bn_inputs((3, 2, 9), seed=1)
+    x[0, 0, 0] = np.nan
+    y = NUMBA.batchnorm_relu_affine(x, gamma * inv_std, beta - mean * gamma * inv_std)
+    assert np.isnan(y[0, 0, 0]) and not np.isnan(y[1:]).any()
+    dy[1, 1, 1] = np.nan
+    y = np.abs(y)
+    y[1, 1, 1] = 0  # a NaN gradient where the ReLU was closed still poisons the sums, as dy * (y > 0) does
+    dx, dgamma, dbeta = NUMBA.batchnorm_relu_backward(x, y, dy, mean, inv_std, gamma)
+    assert np.isnan(dbeta[1]) and np.isnan(dx[:, 1]).all()
+
+
+def bn_relu_stack(in_shape):
+    return Sequential([make_layer("conv2d", filters=4, kernel_size=3, padding="same", use_bias=False),
+                       make_layer("batchnorm"), make_layer("relu"),
+                       make_layer("conv2d", filters=3, kernel_size=3, padding="same")])
+
+
+def run_stack(net, x, dy, training, fuse):
+    bn, relu = net.layers[1], net.layers[2]
+    bn.relu_after = relu if fuse else None
+    y = net.forward(x, training=training)
+    handed_through = relu._handed_through
+    dx = net.backward(dy)
+    grads = {f"{layer.name}.{k}": g.copy() for layer in net.layers for k, g in layer.grads.items()}
+    return y, dx, grads, handed_through
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_fused_pair_gives_what_the_two_layers_give(fast, training):
+    in_shape = (3, 7, 5)
+    net = bn_relu_stack(in_shape)
+    net.build(in_shape, np.random.default_rng(0))
+    assert net.layers[1].relu_after is net.layers[2] and net.layers[2].fused_before is net.layers[1]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, *in_shape)).astype(np.float32)
+    dy = rng.standard_normal((6, 3, 7, 5)).astype(np.float32)
+    previous = kernels.set_compiled(fast)
+    try:
+        buffers = {k: v.copy() for k, v in net.layers[1].buffers.items()}
+        y1, dx1, g1, through = run_stack(net, x, dy, training, fuse=True)
+        net.layers[1].buffers.update({k: v.copy() for k, v in buffers.items()})
+        y2, dx2, g2, _ = run_stack(net, x, dy, training, fuse=False)
+    finally:
+        kernels.set_compiled(previous)
+    assert through == training  # the ReLU hands the BatchNorm's output through in training only
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g2[k]).max()), err_msg=k)
+
+
+def test_a_fused_pair_passes_the_gradient_check():
+    check_layer(Sequential([make_layer("batchnorm"), make_layer("relu")]), (3, 4, 5), batch=4)
+    check_layer(Sequential([make_layer("batchnorm"), make_layer("activation", activation="relu")]), (6,), batch=5)
+
+
+def test_a_relu_not_after_a_batchnorm_is_not_fused():
+    net = Sequential([make_layer("dense", units=4), make_layer("relu"), make_layer("batchnorm"),
+                      make_layer("tanh")])
+    net.build((3,), np.random.default_rng(0))
+    assert net.layers[1].fused_before is None and net.layers[2].relu_after is None
+
+
+class SharedLocally(BatchStatistics):
+    """Statistics marked as shared that cover only this batch: the shared backward must give the local one."""
+
+    shared = True
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fused_pair_with_shared_statistics_matches_local(fast):
+    in_shape = (3, 6, 4)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, *in_shape)).astype(np.float32)
+    dy = rng.standard_normal((5, 3, 6, 4)).astype(np.float32)
+    results = []
+    previous = kernels.set_compiled(fast)
+    try:
+        for stats in (BatchStatistics(), SharedLocally()):
+            net = bn_relu_stack(in_shape)
+            net.build(in_shape, np.random.default_rng(0))
+            net.layers[1].statistics = stats
+            results.append(run_stack(net, x, dy, True, fuse=True))
+    finally:
+        kernels.set_compiled(previous)
+    (y1, dx1, g1, _), (y2, dx2, g2, _) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
+    for k1, k2 in zip(g1, g2):
+        np.testing.assert_allclose(g1[k1], g2[k2], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g2[k2]).max()))
