@@ -1,4 +1,5 @@
-"""BatchNorm + ReLU fused in training: the kernels against the reference, the layers against the unfused pair."""
+"""The compiled training kernels of round three against the reference: BatchNorm + ReLU fused in
+training (kernels, and the layer pair against the two layers unfused), max pooling without padding."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from conftest import make_layer
 from gradcheck import check_layer
 from nettrain import kernels
+from nettrain.kernels.compiled import pooling as compiled_pooling
 from nettrain.kernels import reference
 from nettrain.layers import Sequential
 from nettrain.layers.norm import BatchStatistics
@@ -175,3 +177,40 @@ def test_fused_pair_with_shared_statistics_matches_local(fast):
     np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
     for k1, k2 in zip(g1, g2):
         np.testing.assert_allclose(g1[k1], g2[k2], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g2[k2]).max()))
+
+
+def valid_pool_geometry(rng):
+    """A random pooling window without padding: every window inside the image."""
+    while True:
+        c = int(rng.integers(1, 5))
+        h, w = (int(v) for v in rng.integers(1, 14, size=2))
+        kernel = tuple(int(v) for v in rng.integers(1, 5, size=2))
+        stride = tuple(int(v) for v in rng.integers(1, 5, size=2))
+        oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+        if h >= kernel[0] and w >= kernel[1]:
+            return kernels.ConvGeometry((c, h, w), kernel, stride, (1, 1), (0, 0, 0, 0), (oh, ow))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_max_pool_without_padding_matches_the_reference_and_the_general_loops(seed):
+    rng = np.random.default_rng(500 + seed)
+    g = valid_pool_geometry(rng)
+    # small integers: ties everywhere, and the first cell in row-major order must win them
+    x = rng.integers(-2, 3, size=(3, *g.in_chw)).astype(np.float32) if seed % 2 else \
+        rng.standard_normal((3, *g.in_chw)).astype(np.float32)
+    y, arg = NUMBA.max_pool_forward(x, g)
+    y_ref, arg_ref = reference.max_pool_forward(x, g)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(NUMBA.max_pool_backward(dy, arg, g), reference.max_pool_backward(dy, arg_ref, g),
+                               rtol=1e-6, atol=1e-6)
+    # the general (padded) loops give the same, NaN included
+    x[0, 0, 0, 0] = np.nan
+    y, arg = NUMBA.max_pool_forward(x, g)
+    y_gen, arg_gen = np.empty_like(y), np.empty_like(arg)
+    planes = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+    compiled_pooling._pool_forward(planes(x), *g.kernel, *g.stride, 0, 0, np.empty((0, 0), x.dtype),
+                                   planes(y_gen), planes(arg_gen), True)
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(arg, arg_gen)
