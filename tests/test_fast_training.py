@@ -214,3 +214,71 @@ def test_max_pool_without_padding_matches_the_reference_and_the_general_loops(se
                                    planes(y_gen), planes(arg_gen), True)
     np.testing.assert_array_equal(y, y_gen)
     np.testing.assert_array_equal(arg, arg_gen)
+
+
+# Conv2D with a fused ReLU: applied in the copy out of the GEMM, its mask in the copy of dy into the GEMM.
+CONV_RELU = [
+    (dict(filters=3, kernel_size=3, padding="same"), (2, 7, 5)),  # RGB-like: im2col
+    (dict(filters=5, kernel_size=3, strides=2, padding="same"), (9, 7, 6)),  # channels last, odd sizes
+    (dict(filters=4, kernel_size=3, dilation=2, padding="same"), (8, 9, 7)),  # dilated
+    (dict(filters=4, kernel_size=3, padding="same"), (8, 6, 6)),  # stride 1, 3x3, 8 channels: shifted (NumPy set)
+    (dict(filters=6, kernel_size=4, strides=4), (3, 12, 9)),  # patchify: columns kept for backward
+    (dict(filters=3, kernel_size=(2, 3), strides=(1, 2), padding=1), (8, 5, 7)),
+]
+
+
+@pytest.mark.parametrize("fields,in_shape", CONV_RELU, ids=[str(c[1]) for c in CONV_RELU])
+def test_conv_with_fused_relu_passes_the_gradient_check(fields, in_shape):
+    check_layer(make_layer("conv2d", activation="relu", **fields), in_shape, batch=2)
+
+
+@pytest.mark.parametrize("fields,in_shape", CONV_RELU, ids=[str(c[1]) for c in CONV_RELU])
+def test_conv_with_fused_relu_matches_conv_then_relu(fields, in_shape):
+    rng = np.random.default_rng(len(in_shape) + sum(in_shape))
+    fused = make_layer("conv2d", activation="relu", **fields)
+    plain = make_layer("conv2d", **fields)
+    relu = make_layer("relu")
+    for layer, shape in ((fused, in_shape), (plain, in_shape)):
+        layer.build(shape, np.random.default_rng(0))
+    relu.build(plain.out_shape, np.random.default_rng(0))
+    plain.params = {k: v.copy() for k, v in fused.params.items()}
+    plain.grads = {k: np.zeros_like(v) for k, v in fused.params.items()}
+    x = rng.standard_normal((3, *in_shape)).astype(np.float32)
+    dy = rng.standard_normal((3, *fused.out_shape)).astype(np.float32)
+    for fast in (True, False):
+        previous = kernels.set_compiled(fast)
+        try:
+            y1 = fused.forward(x, training=True)
+            dx1 = fused.backward(dy)
+            y2 = relu.forward(plain.forward(x, training=True), training=True)
+            dx2 = plain.backward(relu.backward(dy))
+        finally:
+            kernels.set_compiled(previous)
+        np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
+        for k in fused.grads:
+            np.testing.assert_allclose(fused.grads[k], plain.grads[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layout_changes_with_relu_and_mask_match_the_reference(with_bias):
+    rng = np.random.default_rng(11)
+    n, f, p = 3, 5, 13
+    z = rng.standard_normal((f, n * p)).astype(np.float32)
+    z[0, :2] = [np.nan, 0.0]
+    bias = rng.standard_normal(f).astype(np.float32) if with_bias else None
+    out = lambda: np.full((n, f, p), 7, np.float32)  # noqa: E731
+    np.testing.assert_array_equal(NUMBA.samples_major(z, bias, out(), True),
+                                  reference.samples_major(z, bias, out(), True))
+    zr = np.ascontiguousarray(z.T)
+    np.testing.assert_array_equal(NUMBA.rows_to_images(zr, bias, out(), True),
+                                  reference.rows_to_images(zr, bias, out(), True))
+    dy = rng.standard_normal((n, f, p)).astype(np.float32)
+    dy[1, 1, :2] = np.nan  # a NaN gradient stays NaN where the ReLU was closed, as dy * (y > 0) does
+    mask = np.maximum(rng.standard_normal((n, f, p)), 0).astype(np.float32)
+    np.testing.assert_array_equal(NUMBA.channels_major(dy, np.empty((f, n * p), np.float32), mask),
+                                  reference.channels_major(dy, np.empty((f, n * p), np.float32), mask))
+    np.testing.assert_array_equal(NUMBA.images_to_rows(dy, np.empty((n * p, f), np.float32), mask),
+                                  reference.images_to_rows(dy, np.empty((n * p, f), np.float32), mask))
+    np.testing.assert_array_equal(reference.channels_major(dy, np.empty((f, n * p), np.float32), mask),
+                                  reference.channels_major(dy * (mask > 0), np.empty((f, n * p), np.float32)))

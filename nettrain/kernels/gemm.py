@@ -44,7 +44,7 @@ def by_offsets(g: ConvGeometry, ops) -> bool:
 
 
 def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                   keep_cols: dict | None = None) -> np.ndarray:
+                   keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """(N, C, H, W) -> (N, F, OH, OW) by one GEMM per batch chunk.
 
     The GEMM runs channels first, (F, C*kh*kw) x (C*kh*kw, n*OH*OW) after im2col, or, where
@@ -53,28 +53,34 @@ def conv2d_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g
     kernels on a channels-first set skip the patch matrix: one GEMM per kernel offset
     (:func:`by_offsets`, :mod:`.shifted`). With a ``keep_cols`` dict, each chunk's patch
     matrix is kept there (keyed by its sample range) for :func:`conv2d_backward`, which
-    then need not build it again; arrays already in it are written over.
+    then need not build it again; arrays already in it are written over. With ``relu``, the
+    output is rectified in the copy that moves it out of the GEMM's layout.
     """
     if by_offsets(g, ops):
-        return shifted.conv2d_forward(x, kernel, bias, g)
+        y = shifted.conv2d_forward(x, kernel, bias, g)
+        return np.maximum(y, 0, out=y) if relu else y
     drive = _forward_rows if channels_last(g, ops) else _forward_columns
-    return drive(x, kernel, bias, g, ops, keep_cols)
+    return drive(x, kernel, bias, g, ops, keep_cols, relu)
 
 
 def conv2d_backward(
     x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
-    input_grad: bool = True, kept_cols: dict | None = None,
+    input_grad: bool = True, kept_cols: dict | None = None, relu_output: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Input (N, C, H, W) and dy (N, F, OH, OW) -> dx (or None), dkernel (F, C, kh, kw), dbias (F,) or None.
 
     Per chunk: the patch matrix (kept by the forward pass, else built again), the kernel
     gradient by one GEMM, then (if ``input_grad``) the patches' gradient by another and
-    col2im/row2im; in the layout :func:`conv2d_forward` used.
+    col2im/row2im; in the layout :func:`conv2d_forward` used. ``relu_output``: the output
+    of a forward pass with ``relu``, whose mask ``dy`` passes through in the copy into
+    the GEMM's layout.
     """
     if by_offsets(g, ops):
+        if relu_output is not None:
+            dy = np.multiply(dy, relu_output > 0, dtype=dy.dtype)
         return shifted.conv2d_backward(x, kernel, dy, g, with_bias, input_grad)
     drive = _backward_rows if channels_last(g, ops) else _backward_columns
-    return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols)
+    return drive(x, kernel, dy, g, with_bias, ops, input_grad, kept_cols, relu_output)
 
 
 def kernel_rows(kernel: np.ndarray) -> np.ndarray:
@@ -101,6 +107,10 @@ def _run_forward(work, n: int, sample_bytes: int, keep_cols: dict | None) -> Non
     run_on_chunks(work, chunks, workers)
 
 
+def _chunk(a: np.ndarray | None, n0: int, n1: int) -> np.ndarray | None:
+    return None if a is None else a[n0:n1]
+
+
 def _backward_arrays(x: np.ndarray, dy: np.ndarray, g: ConvGeometry, f: int, input_grad: bool):
     """dx (or None), dy as (N, F, pixels), the worker count and one partial dW and db sum per worker."""
     n = x.shape[0]
@@ -112,7 +122,7 @@ def _backward_arrays(x: np.ndarray, dy: np.ndarray, g: ConvGeometry, f: int, inp
 
 
 def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                     keep_cols: dict | None = None) -> np.ndarray:
+                     keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """Channels first: one GEMM (F, C*kh*kw) x (C*kh*kw, n*OH*OW) per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     w2 = kernel.reshape(f, -1)
@@ -126,7 +136,7 @@ def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = cols
             z = np.matmul(w2, cols, out=scratch("gemm", (f, (n1 - n0) * g.pixels), x.dtype))
-            ops.samples_major(z, bias, y[n0:n1])
+            ops.samples_major(z, bias, y[n0:n1], relu)
 
     _run_forward(work, n, g.rows * g.pixels * x.itemsize, keep_cols)
     return y.reshape(n, f, *g.out_hw)
@@ -134,13 +144,14 @@ def _forward_columns(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None,
 
 def _backward_columns(
     x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
-    input_grad: bool = True, kept_cols: dict | None = None,
+    input_grad: bool = True, kept_cols: dict | None = None, relu_output: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Channels first, per chunk: the columns, dW += dY cols^T, then dcols = W^T dY and col2im."""
     kept_cols = kept_cols or {}
     n, f = x.shape[0], kernel.shape[0]
     w2t = kernel.reshape(f, -1).T
     dx, dy3, workers, dws, dbs = _backward_arrays(x, dy, g, f, input_grad)
+    mask3 = None if relu_output is None else relu_output.reshape(dy3.shape)
 
     def work(k, chunks):
         part = np.empty((g.rows, f), dtype=x.dtype)
@@ -149,7 +160,7 @@ def _backward_columns(
             cols = kept_cols.get((n0, n1))
             if cols is None:
                 cols = ops.im2col(x[n0:n1], g, scratch("cols", (g.rows, m), x.dtype))
-            dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype))
+            dz = ops.channels_major(dy3[n0:n1], scratch("gemm", (f, m), x.dtype), _chunk(mask3, n0, n1))
             # (cols dz^T)^T rather than dz cols^T: the BLAS runs this orientation 1.3-2x faster (measured)
             dws[k] += np.matmul(cols, dz.T, out=part).T
             if with_bias:
@@ -163,7 +174,7 @@ def _backward_columns(
 
 
 def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g: ConvGeometry, ops,
-                  keep_cols: dict | None = None) -> np.ndarray:
+                  keep_cols: dict | None = None, relu: bool = False) -> np.ndarray:
     """Channels last: one GEMM (n*OH*OW, kh*kw*C) x (kh*kw*C, F) per batch chunk."""
     n, f = x.shape[0], kernel.shape[0]
     wr = kernel_rows(kernel)
@@ -177,7 +188,7 @@ def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g:
             if keep_cols is not None:
                 keep_cols[(n0, n1)] = rows
             z = np.matmul(rows, wr, out=scratch("gemm", (shape[0], f), x.dtype))
-            ops.rows_to_images(z, bias, y[n0:n1])
+            ops.rows_to_images(z, bias, y[n0:n1], relu)
 
     _run_forward(work, n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, keep_cols)
     return y.reshape(n, f, *g.out_hw)
@@ -185,7 +196,7 @@ def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g:
 
 def _backward_rows(
     x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, g: ConvGeometry, with_bias: bool, ops,
-    input_grad: bool = True, kept_cols: dict | None = None,
+    input_grad: bool = True, kept_cols: dict | None = None, relu_output: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Channels last, per chunk: the rows of x, dW += dY^T rows, then drows = dY W^T and row2im."""
     kept_cols = kept_cols or {}
@@ -193,6 +204,7 @@ def _backward_rows(
     c = g.in_chw[0]
     wr = kernel_rows(kernel)
     dx, dy3, workers, dws, dbs = _backward_arrays(x, dy, g, f, input_grad)
+    mask3 = None if relu_output is None else relu_output.reshape(dy3.shape)
 
     def work(k, chunks):
         part = np.empty((f, g.rows), dtype=x.dtype)
@@ -201,7 +213,7 @@ def _backward_rows(
             rows = kept_cols.get((n0, n1))
             if rows is None:
                 rows = ops.im2row(x[n0:n1], g, scratch("cols", (m, g.rows), x.dtype))
-            dz = ops.images_to_rows(dy3[n0:n1], scratch("gemm", (m, f), x.dtype))
+            dz = ops.images_to_rows(dy3[n0:n1], scratch("gemm", (m, f), x.dtype), _chunk(mask3, n0, n1))
             dws[k] += np.matmul(dz.T, rows, out=part)
             if with_bias:
                 dbs[k] += dz.sum(axis=0)

@@ -135,6 +135,21 @@ class FusedActivation:
         return self.activation.backward(dy, self._z, self._y)
 
     @property
+    def is_relu(self) -> bool:
+        """Whether this is a ReLU, which a layer may apply inside its own kernels (see :meth:`applied`)."""
+        return self.activation is ACTIVATIONS["relu"]
+
+    def applied(self, y: np.ndarray) -> np.ndarray:
+        """Record ``y``, the activation already applied by the layer's kernels, as :meth:`forward` would."""
+        self._z, self._y = None, y
+        return y
+
+    @property
+    def output(self) -> np.ndarray | None:
+        """The output of the last forward pass (what a ReLU's derivative reads)."""
+        return self._y
+
+    @property
     def keeps_output(self) -> bool:
         return self.activation is not None
 
@@ -160,7 +175,7 @@ class ActivationLayer(Layer):
 
     @property
     def is_relu(self) -> bool:
-        return self.act.activation is ACTIVATIONS["relu"]
+        return self.act.is_relu
 
     @property
     def keeps_input(self) -> bool:

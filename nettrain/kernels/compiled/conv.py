@@ -144,41 +144,57 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
-@jit
-def _samples_major(z, bias, use_bias, out):
-    n, f, p = out.shape
-    for t in range(n * f):
-        s = t // f
-        k = t % f
-        src = z[k, s * p : (s + 1) * p]
-        dst = out[s, k]
-        b = bias[k] if use_bias else 0
-        for e in range(p):
+# The layout changes around a GEMM also apply a ReLU fused into the layer: to the output on the
+# way out (``relu``), as a mask on the gradient on the way in (``mask``: the ReLU's output).
+@jit(inline="always")
+def _store(src, b, relu, dst):
+    """dst[:] = src + b, or max(src + b, 0) with ``relu`` (NaN passes through, as in np.maximum)."""
+    if relu:
+        for e in range(np.uint64(dst.size)):
+            v = src[e] + b
+            dst[e] = 0 if v < 0 else v
+    else:
+        for e in range(np.uint64(dst.size)):
             dst[e] = src[e] + b
 
 
 @jit
-def _channels_major(y, out):
+def _samples_major(z, bias, use_bias, relu, out):
+    n, f, p = out.shape
+    for t in range(n * f):
+        s = t // f
+        k = t % f
+        _store(z[k, s * p : (s + 1) * p], bias[k] if use_bias else 0, relu, out[s, k])
+
+
+@jit
+def _channels_major(y, mask, masked, out):
     n, f, p = y.shape
     for t in range(n * f):
         k = t // n
         s = t % n
         src = y[s, k]
         dst = out[k, s * p : (s + 1) * p]
-        for e in range(p):
-            dst[e] = src[e]
+        if masked:
+            keep = mask[s, k]
+            for e in range(p):
+                dst[e] = src[e] * np.float32(keep[e] > 0)  # as dy * (y > 0): a NaN in dy stays NaN
+        else:
+            for e in range(p):
+                dst[e] = src[e]
 
 
-def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     use_bias = bias is not None
-    _samples_major(z, bias if use_bias else z[:, 0], use_bias, out)
+    _samples_major(z, bias if use_bias else z[:, 0], use_bias, relu, out)
     return out
 
 
-def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (F, n*P)."""
-    _channels_major(np.ascontiguousarray(y), out)
+def channels_major(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (F, n*P); with ``mask``, ``y * (mask > 0)``."""
+    y = np.ascontiguousarray(y)
+    _channels_major(y, y if mask is None else np.ascontiguousarray(mask), mask is not None, out)
     return out
 
 
@@ -275,7 +291,7 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _rows_to_images(z, bias, use_bias, out):
+def _rows_to_images(z, bias, use_bias, relu, out):
     n, f, p = out.shape
     zf = z.reshape(-1)
     for t in range(n * f):
@@ -284,28 +300,40 @@ def _rows_to_images(z, bias, use_bias, out):
         b = bias[k] if use_bias else 0
         src = np.uint64(s * p * f + k)
         dst = out[s, k]
-        for e in range(np.uint64(p)):
-            dst[e] = zf[src + e * np.uint64(f)] + b
+        if relu:
+            for e in range(np.uint64(p)):
+                v = zf[src + e * np.uint64(f)] + b
+                dst[e] = 0 if v < 0 else v
+        else:
+            for e in range(np.uint64(p)):
+                dst[e] = zf[src + e * np.uint64(f)] + b
 
 
 @jit
-def _images_to_rows(y, out):
+def _images_to_rows(y, mask, masked, out):
     n, f, p = y.shape
     of = out.reshape(-1)
     for t in range(n * f):
         s = t // f
         k = t % f
-        _scatter(y[s, k], 0, of, s * p * f + k, f, p)
+        if masked:
+            src, keep = y[s, k], mask[s, k]
+            d0, st = np.uint64(s * p * f + k), np.uint64(f)
+            for e in range(np.uint64(p)):
+                of[d0 + e * st] = src[e] * np.float32(keep[e] > 0)
+        else:
+            _scatter(y[s, k], 0, of, s * p * f + k, f, p)
 
 
-def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P)."""
+def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
+    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     use_bias = bias is not None
-    _rows_to_images(z, bias if use_bias else z[0], use_bias, out)
+    _rows_to_images(z, bias if use_bias else z[0], use_bias, relu, out)
     return out
 
 
-def images_to_rows(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (n*P, F)."""
-    _images_to_rows(np.ascontiguousarray(y), out)
+def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (n*P, F); with ``mask``, ``y * (mask > 0)``."""
+    y = np.ascontiguousarray(y)
+    _images_to_rows(y, y if mask is None else np.ascontiguousarray(mask), mask is not None, out)
     return out
