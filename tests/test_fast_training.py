@@ -282,3 +282,64 @@ def test_layout_changes_with_relu_and_mask_match_the_reference(with_bias):
                                   reference.images_to_rows(dy, np.empty((n * p, f), np.float32), mask))
     np.testing.assert_array_equal(reference.channels_major(dy, np.empty((f, n * p), np.float32), mask),
                                   reference.channels_major(dy * (mask > 0), np.empty((f, n * p), np.float32)))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("case", ["identity", "zero_pad_odd", "zero_pad_stride1", "vectors"])
+def test_residual_add_matches_the_reference(case, relu):
+    rng = np.random.default_rng(len(case) + relu)
+    if case == "identity":
+        body, short, stride, offset = rng.standard_normal((3, 4, 5, 7)), rng.standard_normal((3, 4, 5, 7)), 1, 0
+    elif case == "zero_pad_odd":  # 7x9 -> 4x5, 3 channels into 6 at offset 1
+        body, short, stride, offset = rng.standard_normal((2, 6, 4, 5)), rng.standard_normal((2, 3, 7, 9)), 2, 1
+    elif case == "zero_pad_stride1":
+        body, short, stride, offset = rng.standard_normal((2, 5, 3, 3)), rng.standard_normal((2, 2, 3, 3)), 1, 2
+    else:
+        body, short, stride, offset = rng.standard_normal((4, 9)), rng.standard_normal((4, 9)), 1, 0
+    body, short = body.astype(np.float32), short.astype(np.float32)
+    body.reshape(-1)[0] = np.nan
+    got = NUMBA.residual_add(body, short, stride, offset, relu)
+    expect = reference.KERNELS["residual_add"](body, short, stride, offset, relu)
+    np.testing.assert_array_equal(got, expect)
+    # float64 loops
+    naive = body.astype(np.float64)
+    if short.shape == body.shape:
+        naive = naive + short
+    else:
+        for c in range(short.shape[1]):
+            for i in range(body.shape[2]):
+                for j in range(body.shape[3]):
+                    naive[:, offset + c, i, j] += short[:, c, i * stride, j * stride]
+    if relu:
+        naive = np.where(naive < 0, 0, naive)
+    np.testing.assert_allclose(got, naive, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shortcut,filters,strides", [("identity", 8, 1), ("zero_pad", 12, 2), ("projection", 10, 2)])
+def test_residual_block_fast_matches_reference(shortcut, filters, strides):
+    make = lambda: make_layer("residual", shortcut=shortcut, body=[  # noqa: E731
+        dict(type="conv2d", filters=filters, kernel_size=3, strides=strides, padding="same", use_bias=False),
+        dict(type="batchnorm"), dict(type="relu"),
+        dict(type="conv2d", filters=filters, kernel_size=3, padding="same", use_bias=False),
+        dict(type="batchnorm")])
+    in_shape = (8, 7, 9)
+    rng = np.random.default_rng(filters)
+    block = make()
+    block.build(in_shape, rng)
+    x = rng.standard_normal((3, *in_shape)).astype(np.float32)
+    dy = rng.standard_normal((3, *block.out_shape)).astype(np.float32)
+    results = []
+    for fast in (True, False):
+        previous = kernels.set_compiled(fast)
+        try:
+            y = block.forward(x, training=True)
+            dx = block.backward(dy)
+            grads = {f"{layer.name}.{k}": g.copy() for layer in block.children() for k, g in layer.grads.items()}
+            results.append((y, dx, grads))
+        finally:
+            kernels.set_compiled(previous)
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g2[k]).max()), err_msg=k)

@@ -43,6 +43,7 @@ KERNEL_NAMES = (
     "batchnorm_relu_backward",
     "relu_forward",
     "relu_backward",
+    "residual_add",
     "rnn_cell_forward",
     "rnn_cell_backward",
     "lstm_cell_forward",
