@@ -135,6 +135,21 @@ class FusedActivation:
         return self.activation.backward(dy, self._z, self._y)
 
     @property
+    def is_relu(self) -> bool:
+        """Whether this is a ReLU, which a layer may apply inside its own kernels (see :meth:`applied`)."""
+        return self.activation is ACTIVATIONS["relu"]
+
+    def applied(self, y: np.ndarray) -> np.ndarray:
+        """Record ``y``, the activation already applied by the layer's kernels, as :meth:`forward` would."""
+        self._z, self._y = None, y
+        return y
+
+    @property
+    def output(self) -> np.ndarray | None:
+        """The output of the last forward pass (what a ReLU's derivative reads)."""
+        return self._y
+
+    @property
     def keeps_output(self) -> bool:
         return self.activation is not None
 
@@ -144,12 +159,23 @@ class FusedActivation:
 
 
 class ActivationLayer(Layer):
-    """Shared machinery: subclasses set ``activation()``."""
+    """Shared machinery: subclasses set ``activation()``.
+
+    A ReLU right after a BatchNorm is applied by the BatchNorm in training (its
+    ``fused_before``, see :meth:`nettrain.layers.norm.BatchNorm.fuse_activation`): this layer
+    then hands that layer's output, already rectified, through in both directions.
+    """
 
     keeps_output = True
+    fused_before: Layer | None = None
+    _handed_through = False
 
     def activation(self) -> Activation:
         return ACTIVATIONS[self.type_name]
+
+    @property
+    def is_relu(self) -> bool:
+        return self.act.is_relu
 
     @property
     def keeps_input(self) -> bool:
@@ -159,9 +185,15 @@ class ActivationLayer(Layer):
         self.act = FusedActivation(self.activation())
 
     def forward(self, x, training=False):
+        before = self.fused_before
+        self._handed_through = training and before is not None and before._fused_y is x
+        if self._handed_through:
+            return x
         return self.act.forward(x)
 
     def backward(self, dy):
+        if self._handed_through:
+            return dy
         return self.act.backward(dy)
 
 

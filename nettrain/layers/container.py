@@ -21,6 +21,7 @@ class Sequential(Layer):
         # called as hook(layer, output) after each layer's forward: used to name the first
         # layer whose output goes non-finite and to collect activation statistics
         self.forward_hook: Callable[[Layer, np.ndarray], None] | None = None
+        self.pair_fusions()  # layers built elsewhere: pair them as they stand here
 
     def children(self) -> list[Layer]:
         return self.layers
@@ -33,6 +34,20 @@ class Sequential(Layer):
     def create_params(self, in_shape: Shape, rng: np.random.Generator) -> None:
         for layer in self.layers:
             in_shape = layer.build(in_shape, rng)
+        self.pair_fusions()
+
+    def pair_fusions(self) -> None:
+        """Let each BatchNorm apply the ReLU right after it here in training (built layers only); pairings
+        the layers had in another container are undone first."""
+        for layer in self.layers:
+            if getattr(layer, "relu_after", None) is not None:
+                layer.relu_after = None
+            if getattr(layer, "fused_before", None) is not None:
+                layer.fused_before = None
+        for layer, after in zip(self.layers, self.layers[1:]):
+            fuse = getattr(layer, "fuse_activation", None)
+            if fuse is not None:
+                fuse(after)
 
     def forward(self, x, training=False):
         if not training and self.forward_hook is None:

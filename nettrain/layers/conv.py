@@ -149,16 +149,19 @@ class Conv2D(Layer):
         g = self.geometry
         keep = training and self.keeps_columns()
         self._cols = self._kept_cols if keep else None
-        z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols)
+        # a ReLU runs in the copy out of the GEMM's layout, and its mask in the copy back in backward
+        relu = self.act.is_relu
+        z = kernels.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), g, ops, self._cols, relu)
         self._x = x
-        return self.act.forward(z)
+        return self.act.applied(z) if relu else self.act.forward(z)
 
     def backward(self, dy):
-        dy = np.ascontiguousarray(self.act.backward(dy))
+        relu_output = self.act.output if self.act.is_relu else None
+        dy = np.ascontiguousarray(dy if relu_output is not None else self.act.backward(dy))
         ops = kernels.backend(dy.dtype)
         dx, dkernel, dbias = kernels.conv2d_backward(
             self._x, self.params["kernel"], dy, self.geometry, "bias" in self.params, ops, self.input_grad,
-            self._cols,
+            self._cols, relu_output,
         )
         self._cols = None
         self.grads["kernel"][...] = dkernel

@@ -50,6 +50,8 @@ class BatchNorm(Layer):
     """
 
     statistics: BatchStatistics = LOCAL_STATISTICS
+    relu_after: Layer | None = None  # the ReLU fused into training passes (see fuse_activation)
+    _fused_y: np.ndarray | None = None
 
     class Spec(LayerSpec):
         type: Literal["batchnorm"] = "batchnorm"
@@ -91,7 +93,21 @@ class BatchNorm(Layer):
         if "beta" in self.params:
             shift += self.params["beta"]
         self._x3, self._mean, self._inv_std, self._training = x3, mean, inv_std, training
-        return ops.batchnorm_affine(x3, scale, shift).reshape(x.shape)
+        if not (training and self.relu_after is not None):
+            self._fused_y = None
+            return ops.batchnorm_affine(x3, scale, shift).reshape(x.shape)
+        # the ReLU that follows is applied here, in the same pass; it hands this array through
+        self._fused_y = ops.batchnorm_relu_affine(x3, scale, shift).reshape(x.shape)
+        return self._fused_y
+
+    def fuse_activation(self, after: Layer) -> None:
+        """Apply ``after``, the layer that follows in a Sequential, here in training when it is a ReLU.
+
+        One pass instead of two over the activations forward and backward; ``after`` then
+        hands the array through (see :meth:`nettrain.layers.activations.ActivationLayer.forward`).
+        """
+        if getattr(after, "is_relu", False):
+            self.relu_after, after.fused_before = after, self
 
     def update_running_stats(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         mom = self.spec.momentum
@@ -104,10 +120,16 @@ class BatchNorm(Layer):
         x3, mean, inv_std = self._x3, self._mean, self._inv_std
         dy3 = np.ascontiguousarray(self.as_mfp(dy))
         gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
-        if self._training and self.statistics.shared:
+        ops = kernels.backend(dy.dtype)
+        fused, self._fused_y = self._fused_y, None  # dy is then the gradient of relu(batchnorm(x))
+        if fused is not None and self.statistics.shared:
+            dy3 = ops.relu_backward(dy3, np.ascontiguousarray(self.as_mfp(fused)))
+        if fused is not None and not self.statistics.shared:
+            dx3, dgamma, dbeta = ops.batchnorm_relu_backward(x3, self.as_mfp(fused), dy3, mean, inv_std, gamma)
+        elif self._training and self.statistics.shared:
             dx3, dgamma, dbeta = self.shared_backward(x3, dy3, mean, inv_std, gamma)
         elif self._training:
-            dx3, dgamma, dbeta = kernels.backend(dy.dtype).batchnorm_backward(x3, dy3, mean, inv_std, gamma)
+            dx3, dgamma, dbeta = ops.batchnorm_backward(x3, dy3, mean, inv_std, gamma)
         else:  # running statistics are constants
             dbeta = np.einsum("mfp->f", dy3)
             dgamma = (np.einsum("mfp,mfp->f", dy3, x3) - mean * dbeta) * inv_std

@@ -115,12 +115,16 @@ class Recurrent(Layer):
         """``x (N, T, F)`` -> ``(N, T, U)`` if return_sequences else ``(N, U)``."""
         x = np.asarray(x).astype(self.dtype, copy=False)
         n, steps, features = x.shape
-        # time-major copy: per-step slices are contiguous, and it is reused by backward
-        xs = self.work("xs", (steps, n, features))
-        np.copyto(xs, x.transpose(1, 0, 2))
-        self._xs = xs.reshape(steps * n, features)
-        xw = kernels.matmul(self._xs, self.params["kernel"], self.work("gates", (steps * n, self.width)))
-        xw += self.params["bias"]
+        # time-major copy: per-step slices are contiguous, and it is reused by backward. A column of
+        # ones after the features carries the bias through the GEMM (and its gradient through the
+        # kernel's), which saves two passes over the (T*N, G*U) gates
+        xs = self.work("xs", (steps, n, features + 1))
+        np.copyto(xs[:, :, :features], x.transpose(1, 0, 2))
+        xs[:, :, features] = 1
+        self._xs = xs.reshape(steps * n, features + 1)
+        kernel_and_bias = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
+        kernel_and_bias[:features], kernel_and_bias[features] = self.params["kernel"], self.params["bias"]
+        xw = kernels.matmul(self._xs, kernel_and_bias, self.work("gates", (steps * n, self.width)))
         self._h = self.scan(xw.reshape(steps, n, -1))
         # copies (never views, whatever N or T), so that a later layer working in place cannot
         # corrupt the cached states, and the next call cannot overwrite this output
@@ -146,8 +150,11 @@ class Recurrent(Layer):
         dxw, dhw = self.scan_backward(dh_out)
         dxw = dxw.reshape(steps * n, -1)
         h_prev = self._h[:-1].reshape(steps * n, units)
-        kernels.matmul_tn(self._xs, dxw, self.grad_buffer("kernel"))
-        np.sum(dxw, axis=0, out=self.grad_buffer("bias"))
+        features = self.in_shape[1]
+        grads = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
+        kernels.matmul_tn(self._xs, dxw, grads)
+        self.grad_buffer("kernel")[...] = grads[:features]
+        self.grad_buffer("bias")[...] = grads[features]
         kernels.matmul_tn(h_prev, dhw.reshape(steps * n, -1), self.grad_buffer("recurrent_kernel"))
         self.store_extra_grads(dhw)
         if not self.input_grad:
@@ -160,7 +167,7 @@ class Recurrent(Layer):
         from step to step (:meth:`work`): the cell's own states and the backward's work arrays."""
         steps, features = self.in_shape
         units = self.spec.units
-        per_sample = (steps * features  # xs
+        per_sample = (steps * (features + 1)  # xs, with its column of ones
                       + steps * self.width  # gates (activated in place, kept for backward)
                       + (steps + 1) * units  # h
                       + (steps * units if self.spec.return_sequences else units)  # dh_out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 import numpy as np
 from pydantic import PositiveInt
 
+from .. import kernels
 from .activations import ACTIVATIONS, ActivationName, FusedActivation
 from .base import Layer, LayerSpec, format_shape, register
 from .container import Sequential
@@ -149,7 +150,15 @@ class Residual(Layer):
         self.body.forward_hook = self.shortcut.forward_hook = self.forward_hook
         if not training and self.forward_hook is None:
             return self.eval_forward(x)
-        return self.act.forward(self.body.forward(x, training) + self._shortcut_forward(x, training))
+        body = self.body.forward(x, training)
+        # one pass: the sum, the zero-padded shortcut's subsampling and the ReLU together
+        relu = self.act.is_relu
+        if self.spec.shortcut == "zero_pad":
+            shortcut, stride, offset = x, self.stride, self.channel_pad[0]
+        else:
+            shortcut, stride, offset = self._shortcut_forward(x, training), 1, 0
+        z = kernels.backend(body.dtype).residual_add(body, shortcut, stride, offset, relu)
+        return self.act.applied(z) if relu else self.act.forward(z)
 
     def eval_forward(self, x):
         """The eval-mode forward: the shortcut added into the body's output in place, then the activation
@@ -172,4 +181,13 @@ class Residual(Layer):
 
     def backward(self, dy):
         dy = self.act.backward(dy)
-        return self.body.backward(dy) + self._shortcut_backward(dy)
+        dx = self.body.backward(dy)
+        if isinstance(dx, np.ndarray) and dx.base is None and dx.flags.writeable and not np.shares_memory(dx, dy):
+            # the body's own fresh array: add the shortcut's gradient into it, touching only its cells
+            if self.spec.shortcut == "zero_pad":
+                s, (before, after) = self.stride, self.channel_pad
+                dx[:, :, ::s, ::s] += dy[:, before : dy.shape[1] - after]
+            else:
+                dx += self._shortcut_backward(dy)
+            return dx
+        return dx + self._shortcut_backward(dy)

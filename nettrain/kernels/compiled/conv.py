@@ -144,46 +144,57 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
+# The layout changes around a GEMM also apply a ReLU fused into the layer: to the output on the
+# way out (``relu``), as a mask on the gradient on the way in (``mask``: the ReLU's output).
+@jit(inline="always")
+def _store(src, b, relu, dst):
+    """dst[:] = src + b, or max(src + b, 0) with ``relu`` (NaN passes through, as in np.maximum)."""
+    if relu:
+        for e in range(np.uint64(dst.size)):
+            v = src[e] + b
+            dst[e] = 0 if v < 0 else v
+    else:
+        for e in range(np.uint64(dst.size)):
+            dst[e] = src[e] + b
+
+
 @jit
 def _samples_major(z, bias, use_bias, relu, out):
     n, f, p = out.shape
     for t in range(n * f):
         s = t // f
         k = t % f
-        src = z[k, s * p : (s + 1) * p]
-        dst = out[s, k]
-        b = bias[k] if use_bias else 0
-        if relu:
-            for e in range(p):
-                v = src[e] + b
-                dst[e] = 0 if v < 0 else v  # NaN passes through, as in the ReLU kernel
-        else:
-            for e in range(p):
-                dst[e] = src[e] + b
+        _store(z[k, s * p : (s + 1) * p], bias[k] if use_bias else 0, relu, out[s, k])
 
 
 @jit
-def _channels_major(y, out):
+def _channels_major(y, mask, masked, out):
     n, f, p = y.shape
     for t in range(n * f):
         k = t // n
         s = t % n
         src = y[s, k]
         dst = out[k, s * p : (s + 1) * p]
-        for e in range(p):
-            dst[e] = src[e]
+        if masked:
+            keep = mask[s, k]
+            for e in range(p):
+                dst[e] = src[e] * np.float32(keep[e] > 0)  # as dy * (y > 0): a NaN in dy stays NaN
+        else:
+            for e in range(p):
+                dst[e] = src[e]
 
 
 def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
-    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
+    """(F, n*P) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     use_bias = bias is not None
-    _samples_major(z, bias if use_bias else z[:, 0], use_bias, bool(relu), out)
+    _samples_major(z, bias if use_bias else z[:, 0], use_bias, relu, out)
     return out
 
 
-def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (F, n*P)."""
-    _channels_major(np.ascontiguousarray(y), out)
+def channels_major(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (F, n*P); with ``mask``, ``y * (mask > 0)``."""
+    y = np.ascontiguousarray(y)
+    _channels_major(y, y if mask is None else np.ascontiguousarray(mask), mask is not None, out)
     return out
 
 
@@ -292,30 +303,37 @@ def _rows_to_images(z, bias, use_bias, relu, out):
         if relu:
             for e in range(np.uint64(p)):
                 v = zf[src + e * np.uint64(f)] + b
-                dst[e] = 0 if v < 0 else v  # NaN passes through, as in the ReLU kernel
+                dst[e] = 0 if v < 0 else v
         else:
             for e in range(np.uint64(p)):
                 dst[e] = zf[src + e * np.uint64(f)] + b
 
 
 @jit
-def _images_to_rows(y, out):
+def _images_to_rows(y, mask, masked, out):
     n, f, p = y.shape
     of = out.reshape(-1)
     for t in range(n * f):
         s = t // f
         k = t % f
-        _scatter(y[s, k], 0, of, s * p * f + k, f, p)
+        if masked:
+            src, keep = y[s, k], mask[s, k]
+            d0, st = np.uint64(s * p * f + k), np.uint64(f)
+            for e in range(np.uint64(p)):
+                of[d0 + e * st] = src[e] * np.float32(keep[e] > 0)
+        else:
+            _scatter(y[s, k], 0, of, s * p * f + k, f, p)
 
 
 def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
-    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
+    """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     use_bias = bias is not None
-    _rows_to_images(z, bias if use_bias else z[0], use_bias, bool(relu), out)
+    _rows_to_images(z, bias if use_bias else z[0], use_bias, relu, out)
     return out
 
 
-def images_to_rows(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (n*P, F)."""
-    _images_to_rows(np.ascontiguousarray(y), out)
+def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (n*P, F); with ``mask``, ``y * (mask > 0)``."""
+    y = np.ascontiguousarray(y)
+    _images_to_rows(y, y if mask is None else np.ascontiguousarray(mask), mask is not None, out)
     return out

@@ -27,3 +27,21 @@ def threaded_relu_backward(dy, y):
         return relu_backward(dy, y)
     return split_samples(relu_backward, (np.empty(dy.shape, dy.dtype),), (dy, y))
 
+
+
+def residual_add(body: np.ndarray, shortcut: np.ndarray, stride: int = 1, offset: int = 0,
+                 relu: bool = False) -> np.ndarray:
+    """A residual block's output before (or with, ``relu``) its ReLU: ``body + shortcut``.
+
+    With images (N, F, H, W) and a ``shortcut`` (N, C, h, w) of other channels or size, the
+    shortcut is subsampled by ``stride`` and added to channels ``offset`` to ``offset + C``
+    (the zero-padded shortcut of ResNet's option A).
+    """
+    if body.shape == shortcut.shape and stride == 1:
+        y = np.add(body, shortcut)
+    else:
+        y = body.copy()
+        y[:, offset : offset + shortcut.shape[1]] += shortcut[:, :, ::stride, ::stride]
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y

@@ -80,3 +80,16 @@ def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma):
 
     over_batch(work, f, x3.size)
     return dx3, dgamma, dbeta
+
+
+# -- batch norm followed by a ReLU, as one kernel (the compiled set fuses the passes) --
+def batchnorm_relu_affine(x3, scale, shift):
+    """relu(x * scale + shift)."""
+    y3 = threaded_batchnorm_affine(x3, scale, shift)
+    np.maximum(y3, 0, out=y3)
+    return y3
+
+
+def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma):
+    """The backward of ``y3 = relu(batchnorm(x3))``: dy3 masked by ``y3 > 0``, then :func:`batchnorm_backward`."""
+    return threaded_batchnorm_backward(x3, np.multiply(dy3, y3 > 0, dtype=dy3.dtype), mean, inv_std, gamma)

@@ -76,15 +76,21 @@ def col2im(cols: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def channels_major(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (F, n*P): the GEMM layout of a chunk of NCHW feature maps."""
+def channels_major(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (F, n*P): the GEMM layout of a chunk of NCHW feature maps.
+
+    With ``mask`` (n, F, P), ``y * (mask > 0)``: a gradient through the ReLU whose output is ``mask``.
+    """
     n, f, p = y.shape
-    out.reshape(f, n, p)[...] = y.transpose(1, 0, 2)
+    if mask is None:
+        out.reshape(f, n, p)[...] = y.transpose(1, 0, 2)
+    else:
+        np.multiply(y.transpose(1, 0, 2), mask.transpose(1, 0, 2) > 0, out=out.reshape(f, n, p))
     return out
 
 
 def samples_major(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
-    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
+    """(F, n*P) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     n, f, p = out.shape
     return _store_with_bias(z.reshape(f, n, p).transpose(1, 0, 2), bias, out, relu)
 
@@ -143,14 +149,14 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 
 
 def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
-    """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P); ``relu``: then max(0, .)."""
+    """(n*P, F) GEMM output plus ``bias`` (F,) -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
     n, f, p = out.shape
     return _store_with_bias(z.reshape(n, p, f).transpose(0, 2, 1), bias, out, relu)
 
 
 def _store_with_bias(z3: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
-    """``out`` (n, F, P) = ``z3`` (a view in that shape) plus ``bias`` (F,) when there is one, then
-    max(0, .) with ``relu`` (NaN stays NaN)."""
+    """``out`` (n, F, P) = ``z3`` (a view in that shape) plus ``bias`` (F,) when there is one, then max(., 0)
+    with ``relu``."""
     if bias is None:
         out[...] = z3
     else:
@@ -160,8 +166,12 @@ def _store_with_bias(z3: np.ndarray, bias: np.ndarray | None, out: np.ndarray, r
     return out
 
 
-def images_to_rows(y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(n, F, P) -> (n*P, F): a chunk of NCHW feature maps with the channels last."""
+def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(n, F, P) -> (n*P, F): a chunk of NCHW feature maps with the channels last; ``mask`` as in
+    :func:`channels_major`."""
     n, f, p = y.shape
-    out.reshape(n, p, f)[...] = y.transpose(0, 2, 1)
+    if mask is None:
+        out.reshape(n, p, f)[...] = y.transpose(0, 2, 1)
+    else:
+        np.multiply(y.transpose(0, 2, 1), mask.transpose(0, 2, 1) > 0, out=out.reshape(n, p, f))
     return out
