@@ -344,3 +344,30 @@ def test_residual_block_fast_matches_reference(shortcut, filters, strides):
     np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-4)
     for k in g1:
         np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(g2[k]).max()), err_msg=k)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_backward_with_combined_sums_is_the_backward_of_the_whole_batch(name, relu):
+    """``combine`` as a second process holding the same samples: dx is the first half's of the doubled batch."""
+    ops = kernels.kernel_set(name)
+    x, dy, mean, inv_std, gamma, beta = bn_inputs((5, 3, 7), seed=3)
+    scale, shift = gamma * inv_std, beta - mean * gamma * inv_std
+    y = ops.batchnorm_relu_affine(x, scale, shift) if relu else x
+    twice = [np.concatenate([a, a]) for a in (x, y, dy)]
+    calls = []
+
+    def combine(sum_dy, sum_dy_xc):
+        calls.append(1)
+        return 2 * sum_dy, 2 * sum_dy_xc, 2 * x.shape[0] * x.shape[2]
+
+    if relu:
+        got = ops.batchnorm_relu_backward(x, y, dy, mean, inv_std, gamma, combine=combine)
+        want = ops.batchnorm_relu_backward(*twice, mean, inv_std, gamma)
+    else:
+        got = ops.batchnorm_backward(x, dy, mean, inv_std, gamma, combine=combine)
+        want = ops.batchnorm_backward(twice[0], twice[2], mean, inv_std, gamma)
+    assert calls == [1]
+    np.testing.assert_allclose(got[0], want[0][:5], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1] / 2, rtol=1e-4, atol=1e-5)  # dgamma, dbeta: this batch's share
+    np.testing.assert_allclose(got[2], want[2] / 2, rtol=1e-4, atol=1e-5)

@@ -122,14 +122,12 @@ class BatchNorm(Layer):
         gamma = self.params["gamma"] if "gamma" in self.params else np.ones_like(inv_std)
         ops = kernels.backend(dy.dtype)
         fused, self._fused_y = self._fused_y, None  # dy is then the gradient of relu(batchnorm(x))
-        if fused is not None and self.statistics.shared:
-            dy3 = ops.relu_backward(dy3, np.ascontiguousarray(self.as_mfp(fused)))
-        if fused is not None and not self.statistics.shared:
-            dx3, dgamma, dbeta = ops.batchnorm_relu_backward(x3, self.as_mfp(fused), dy3, mean, inv_std, gamma)
-        elif self._training and self.statistics.shared:
-            dx3, dgamma, dbeta = self.shared_backward(x3, dy3, mean, inv_std, gamma)
+        combine = self.combined_sums if self.statistics.shared else None
+        if fused is not None:
+            dx3, dgamma, dbeta = ops.batchnorm_relu_backward(x3, self.as_mfp(fused), dy3, mean, inv_std, gamma,
+                                                             combine=combine)
         elif self._training:
-            dx3, dgamma, dbeta = ops.batchnorm_backward(x3, dy3, mean, inv_std, gamma)
+            dx3, dgamma, dbeta = ops.batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=combine)
         else:  # running statistics are constants
             dbeta = np.einsum("mfp->f", dy3)
             dgamma = (np.einsum("mfp,mfp->f", dy3, x3) - mean * dbeta) * inv_std
@@ -140,23 +138,10 @@ class BatchNorm(Layer):
             self.grads["gamma"][...] = dgamma
         return dx3.reshape(dy.shape)
 
-    def shared_backward(self, x3, dy3, mean, inv_std, gamma):
-        """The training-mode backward when the statistics cover samples of other processes too.
-
-        The kernel's backward uses this batch's sums of ``dy`` and ``dy * (x - mean)``
-        (its ``dbeta`` and ``dgamma / inv_std``); ``dx`` is then corrected to the sums over
-        all ``self._count`` samples, in one affine pass. ``dgamma`` and ``dbeta`` stay this
-        batch's share: the gradients are summed over the processes afterwards.
-        """
-        ops = kernels.backend(x3.dtype)
-        dx3, dgamma, dbeta = ops.batchnorm_backward(x3, dy3, mean, inv_std, gamma)
-        count = x3.shape[0] * x3.shape[2]
-        istd = inv_std.astype(np.float64)
-        sum_dy, sum_dy_xc = dbeta.astype(np.float64), dgamma.astype(np.float64) / istd
+    def combined_sums(self, sum_dy: np.ndarray, sum_dy_xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """The backward pass's per-feature sums of ``dy`` and ``dy * (x - mean)`` over every sample the batch
+        statistics covered (``self._count`` of them, other processes' included): the kernels' ``combine``.
+        ``dgamma`` and ``dbeta`` stay this batch's share: the gradients are summed over the processes
+        afterwards."""
         total_dy, total_dy_xc = self.statistics.combine_backward(sum_dy, sum_dy_xc)
-        # dx = a*dy + b*(x - mean) + c with b = -a*istd^2*mean(dy*xc) and c = -a*mean(dy), a = gamma*istd
-        a = gamma.astype(np.float64) * istd
-        db = -a * istd * istd * (total_dy_xc / self._count - sum_dy_xc / count)
-        dc = -a * (total_dy / self._count - sum_dy / count)
-        dx3 += ops.batchnorm_affine(x3, db.astype(x3.dtype), (dc - mean * db).astype(x3.dtype))
-        return dx3, dgamma, dbeta
+        return total_dy, total_dy_xc, self._count

@@ -155,17 +155,20 @@ def batchnorm_relu_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray) 
     return _affine(x3, scale, shift, True)
 
 
-def _backward(x3, dy3, y3, relu, mean, inv_std, gamma):
+def _backward(x3, dy3, y3, relu, mean, inv_std, gamma, combine):
     m, f, p = x3.shape
     x3, dy3, y3 = np.ascontiguousarray(x3), np.ascontiguousarray(dy3), np.ascontiguousarray(y3)
     sums = _sums_over_samples(
         lambda s0, s1, out: _batchnorm_backward_sums(x3[s0:s1], dy3[s0:s1], y3[s0:s1], relu, mean, out),
         m, f, x3.size)
     sum_dy, sum_dy_xc = sums[:, 0], sums[:, 1]
+    total_dy, total_dy_xc, count = sum_dy, sum_dy_xc, m * p
+    if combine is not None:  # statistics over other processes' samples too: the means in dx are theirs
+        total_dy, total_dy_xc, count = combine(sum_dy.copy(), sum_dy_xc.copy())
     istd = inv_std.astype(np.float64)
     a = gamma * istd
-    b = (-a * istd * istd * sum_dy_xc / (m * p)).astype(x3.dtype)
-    c = (-a * sum_dy / (m * p)).astype(x3.dtype)  # c = -a*mean(dy)
+    b = (-a * istd * istd * total_dy_xc / count).astype(x3.dtype)
+    c = (-a * total_dy / count).astype(x3.dtype)  # c = -a*mean(dy)
     dx3 = np.empty(x3.shape, x3.dtype)
     a = a.astype(x3.dtype)
     over_batch(lambda s0, s1: _batchnorm_backward_apply(x3[s0:s1], dy3[s0:s1], y3[s0:s1], relu, mean, a, b, c,
@@ -173,11 +176,11 @@ def _backward(x3, dy3, y3, relu, mean, inv_std, gamma):
     return dx3, (sum_dy_xc * istd).astype(x3.dtype), sum_dy.astype(x3.dtype)
 
 
-def batchnorm_backward(x3, dy3, mean, inv_std, gamma):
+def batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=None):
     """-> dx (M, F, P), dgamma (F,), dbeta (F,); see :func:`nettrain.kernels.reference.batchnorm_backward`."""
-    return _backward(x3, dy3, dy3, False, mean, inv_std, gamma)
+    return _backward(x3, dy3, dy3, False, mean, inv_std, gamma, combine)
 
 
-def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma):
+def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma, combine=None):
     """The backward of ``y3 = relu(batchnorm(x3))`` from the gradient ``dy3`` of ``y3``, in two passes."""
-    return _backward(x3, dy3, y3, True, mean, inv_std, gamma)
+    return _backward(x3, dy3, y3, True, mean, inv_std, gamma, combine)

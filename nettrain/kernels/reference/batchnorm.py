@@ -30,12 +30,15 @@ def batchnorm_affine(x3: np.ndarray, scale: np.ndarray, shift: np.ndarray,
 
 def batchnorm_backward(
     x3: np.ndarray, dy3: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
-    out: tuple | None = None,
+    out: tuple | None = None, combine=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training-mode gradients: -> dx (M, F, P), dgamma (F,), dbeta (F,); into ``out`` when given.
 
     Closed form with xhat = (x - mean) * inv_std:
     dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    ``combine(sum_dy, sum_dy_xc) -> (sum_dy, sum_dy_xc, count)``: the sums (and sample count) that
+    the means in dx are taken over, when the batch statistics span other processes' samples too;
+    dgamma and dbeta stay this batch's.
     """
     m = x3.dtype.type(x3.shape[0] * x3.shape[2])
     dx, dgamma, dbeta = out if out is not None else (np.empty_like(x3), None, None)
@@ -44,8 +47,12 @@ def batchnorm_backward(
     dy_xc = np.einsum("mfp,mfp->f", dy3, xc)
     dgamma = np.multiply(dy_xc, inv_std, out=dgamma)
     a = gamma * inv_std
-    b = -a * inv_std * inv_std * dy_xc / m
-    c = -a * dbeta / m
+    total_dy, total_dy_xc = dbeta, dy_xc
+    if combine is not None:
+        total_dy, total_dy_xc, count = combine(dbeta.astype(np.float64), dy_xc.astype(np.float64))
+        m = np.float64(count)
+    b = (-a * inv_std * inv_std * total_dy_xc / m).astype(x3.dtype)
+    c = (-a * total_dy / m).astype(x3.dtype)
     np.multiply(dy3, a.reshape(1, -1, 1), out=dx)
     xc *= b.reshape(1, -1, 1)
     xc += c.reshape(1, -1, 1)
@@ -69,7 +76,9 @@ def threaded_batchnorm_affine(x3, scale, shift):
     return split_samples(batchnorm_affine, (np.empty(x3.shape, x3.dtype),), (x3,), (scale, shift))
 
 
-def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma):
+def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=None):
+    if combine is not None:  # the sums of every feature are combined at once
+        return batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=combine)
     f = x3.shape[1]
     dx3 = np.empty(x3.shape, x3.dtype)
     dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
@@ -90,6 +99,7 @@ def batchnorm_relu_affine(x3, scale, shift):
     return y3
 
 
-def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma):
+def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma, combine=None):
     """The backward of ``y3 = relu(batchnorm(x3))``: dy3 masked by ``y3 > 0``, then :func:`batchnorm_backward`."""
-    return threaded_batchnorm_backward(x3, np.multiply(dy3, y3 > 0, dtype=dy3.dtype), mean, inv_std, gamma)
+    return threaded_batchnorm_backward(x3, np.multiply(dy3, y3 > 0, dtype=dy3.dtype), mean, inv_std, gamma,
+                                       combine)
