@@ -4,15 +4,15 @@ training (kernels, and the layer pair against the two layers unfused), max pooli
 import numpy as np
 import pytest
 
-from conftest import make_layer
-from gradcheck import check_layer
-from nettrain import kernels
-from nettrain.kernels.compiled import pooling as compiled_pooling
-from nettrain.kernels import reference
-from nettrain.layers import Sequential
-from nettrain.layers.norm import BatchStatistics
-
 pytest.importorskip("numba")
+
+from conftest import make_layer  # noqa: E402
+from gradcheck import check_layer  # noqa: E402
+from nettrain import kernels  # noqa: E402
+from nettrain.kernels.compiled import pooling as compiled_pooling  # noqa: E402
+from nettrain.kernels import reference  # noqa: E402
+from nettrain.layers import Sequential  # noqa: E402
+from nettrain.layers.norm import BatchStatistics  # noqa: E402
 
 NUMBA = kernels.kernel_set("numba")
 
