@@ -56,6 +56,7 @@ def max_pool2d_backward(x, dy, pool, stride, pad):
                     dx[s, ch, a, b] += dy[s, ch, r, q]
     return dx
 
+
 def conv2d_backward(x, w, dy, stride, pad, dilation):
     """The gradients of :func:`conv2d` (dx, dw, db) from dy, by the same loops over output pixels."""
     n, c, h, wd = x.shape

@@ -17,11 +17,10 @@ import numpy as np
 from pydantic import PositiveInt
 
 from .. import kernels
-from .activations import ACTIVATIONS, ActivationName, FusedActivation
+from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, format_shape, register
 from .container import Sequential
 from .conv import Conv2D
-from .inference import add_into
 from .norm import BatchNorm
 
 if TYPE_CHECKING:  # the real type is bound in layers/__init__.py once every layer is registered
@@ -109,16 +108,15 @@ class Residual(Layer):
     def macs(self) -> int:
         return sum(layer.macs() for layer in self.children())
 
-    def _shortcut_forward(self, x, training):
+    def _shortcut_operand(self, x, training) -> tuple[np.ndarray, int, int]:
+        """What the sum adds to the body's output: ``(shortcut, stride, channel offset)`` for the
+        ``residual_add`` kernel, which subsamples a zero-padded shortcut itself."""
         kind = self.spec.shortcut
-        if kind == "identity":
-            return x
+        if kind == "zero_pad":
+            return x, self.stride, self.channel_pad[0]
         if kind == "projection":
-            self.shortcut.forward_hook = self.forward_hook
-            return self.shortcut.forward(x, training)
-        s = self.stride
-        sub = x[:, :, ::s, ::s]
-        return np.pad(sub, ((0, 0), self.channel_pad, (0, 0), (0, 0)))
+            return self.shortcut.forward(x, training), 1, 0
+        return x, 1, 0
 
     def _shortcut_backward(self, dy):
         kind = self.spec.shortcut
@@ -148,36 +146,18 @@ class Residual(Layer):
 
     def forward(self, x, training=False):
         self.body.forward_hook = self.shortcut.forward_hook = self.forward_hook
-        if not training and self.forward_hook is None:
-            return self.eval_forward(x)
         body = self.body.forward(x, training)
-        # one pass: the sum, the zero-padded shortcut's subsampling and the ReLU together
+        shortcut, stride, offset = self._shortcut_operand(x, training)
         relu = self.act.is_relu
-        if self.spec.shortcut == "zero_pad":
-            shortcut, stride, offset = x, self.stride, self.channel_pad[0]
-        else:
-            shortcut, stride, offset = self._shortcut_forward(x, training), 1, 0
-        z = kernels.backend(body.dtype).residual_add(body, shortcut, stride, offset, relu)
-        return self.act.applied(z) if relu else self.act.forward(z)
-
-    def eval_forward(self, x):
-        """The eval-mode forward: the shortcut added into the body's output in place, then the activation
-        (ReLU in the same pass)."""
-        y = self.body.forward(x, False)
-        if np.may_share_memory(y, x):  # a body that hands its input on (dropout, reshape)
-            y = y.copy()
-        kind, channels = self.spec.shortcut, slice(None)
-        if kind == "identity":
-            short = x
-        elif kind == "projection":
-            short = self.shortcut.forward(x, False)
-        else:
-            before, after = self.channel_pad
-            short, channels = x[:, :, :: self.stride, :: self.stride], slice(before, y.shape[1] - after)
+        add = kernels.backend(body.dtype).residual_add  # the sum, the shortcut's subsampling and a ReLU in one pass
+        if training or self.forward_hook is not None:
+            z = add(body, shortcut, stride, offset, relu)
+            return self.act.applied(z) if relu else self.act.forward(z)
+        # eval keeps nothing: the sum goes into the body's output, unless the body handed its input on
+        own = not np.may_share_memory(body, x) and not np.may_share_memory(body, shortcut)
+        z = add(body, shortcut, stride, offset, relu, out=body if own else None)
         activation = self.act.activation
-        relu = activation is ACTIVATIONS["relu"]
-        add_into(y, short, channels, relu)
-        return y if relu or activation is None else activation.forward(y)
+        return z if relu or activation is None else activation.forward(z)
 
     def backward(self, dy):
         dy = self.act.backward(dy)

@@ -80,17 +80,16 @@ def _add_subsampled(body, x, stride, offset, relu, y):
 
 
 def residual_add(body: np.ndarray, shortcut: np.ndarray, stride: int = 1, offset: int = 0,
-                 relu: bool = False) -> np.ndarray:
+                 relu: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """See :func:`nettrain.kernels.reference.activations.residual_add`."""
+    if not (body.flags.c_contiguous and shortcut.flags.c_contiguous
+            and (out is None or out.flags.c_contiguous)):
+        return reference.residual_add(body, shortcut, stride, offset, relu, out)
+    y = np.empty_like(body) if out is None else out  # each cell is read before it is written: out may be body
     if body.shape == shortcut.shape and stride == 1:
-        if not (body.flags.c_contiguous and shortcut.flags.c_contiguous):
-            return reference.residual_add(body, shortcut, stride, offset, relu)
-        y = np.empty_like(body)
         af, bf, yf = body.reshape(-1), shortcut.reshape(-1), y.reshape(-1)
         over_batch(lambda a, b: _add_relu(af[a:b], bf[a:b], yf[a:b], relu), yf.size, yf.size)
         return y
-    body, shortcut = np.ascontiguousarray(body), np.ascontiguousarray(shortcut)
-    y = np.empty_like(body)
     over_batch(lambda a, b: _add_subsampled(body[a:b], shortcut[a:b], stride, offset, relu, y[a:b]),
                body.shape[0], body.size)
     return y

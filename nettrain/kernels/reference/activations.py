@@ -28,19 +28,21 @@ def threaded_relu_backward(dy, y):
     return split_samples(relu_backward, (np.empty(dy.shape, dy.dtype),), (dy, y))
 
 
-
 def residual_add(body: np.ndarray, shortcut: np.ndarray, stride: int = 1, offset: int = 0,
-                 relu: bool = False) -> np.ndarray:
+                 relu: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """A residual block's output before (or with, ``relu``) its ReLU: ``body + shortcut``.
 
     With images (N, F, H, W) and a ``shortcut`` (N, C, h, w) of other channels or size, the
     shortcut is subsampled by ``stride`` and added to channels ``offset`` to ``offset + C``
-    (the zero-padded shortcut of ResNet's option A).
+    (the zero-padded shortcut of ResNet's option A). ``out``: where to write the result (it
+    may be ``body`` itself, for an eval pass that keeps nothing).
     """
     if body.shape == shortcut.shape and stride == 1:
-        y = np.add(body, shortcut)
+        y = np.add(body, shortcut, out=out)
     else:
-        y = body.copy()
+        y = body.copy() if out is None else out
+        if y is not body:
+            y[...] = body
         y[:, offset : offset + shortcut.shape[1]] += shortcut[:, :, ::stride, ::stride]
     if relu:
         np.maximum(y, 0, out=y)
