@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_layer
+from conftest import conv_against_loops, make_layer
 from nettrain import kernels
 from nettrain.kernels import dispatch, pool, reference
 from nettrain.layers import REGISTRY
@@ -112,25 +112,15 @@ CHANNELS_LAST_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilat
 def test_conv2d_channels_last_matches_naive(monkeypatch, shape, filters, kernel, stride, padding, dilation,
                                             min_channels):
     """Forward and all gradients of the compiled convolution against float64 loops, chunk by chunk."""
-    import naive
     from nettrain.kernels import gemm
 
     if min_channels is not None:  # every layer channels last, RGB included
         monkeypatch.setattr(gemm, "MIN_CHANNELS", min_channels)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
-    cls = REGISTRY["conv2d"]
-    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
-                         dilation=list(dilation)))
-    rng = np.random.default_rng(sum(shape))
-    layer.build(shape[1:], rng)
-    g = layer.geometry
+    case = conv_against_loops(shape, filters, kernel, stride, padding, dilation)
+    g, x, w, b, dy = case.g, case.x, case.w, case.b, case.dy
+    expect, dx_expect, dw_expect, db_expect = case.y, case.dx, case.dw, case.db
     assert gemm.channels_last(g, NUMBA) == (shape[1] >= gemm.MIN_CHANNELS)
-    w, b = layer.params["kernel"], rng.standard_normal(filters).astype(np.float32)
-    x = rng.standard_normal(shape).astype(np.float32)
-    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, stride, layer.pad, dilation)
-    dy = rng.standard_normal(expect.shape)
-    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, stride,
-                                                            layer.pad, dilation)
     for keep in (None, {}):
         y = kernels.conv2d_forward(x, w, b, g, NUMBA, keep)
         np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import naive
+from conftest import conv_against_loops
 from nettrain import kernels
 from nettrain.kernels import dispatch, pool, shifted
 from nettrain.layers import REGISTRY
@@ -56,18 +57,9 @@ def test_numpy_conv2d_without_offsets_matches_naive(monkeypatch, shape, filters,
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 0)  # never by offsets
     monkeypatch.setattr(gemm, "SHIFTED_BACKWARD_MAX_OFFSETS", 0)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
-    cls = REGISTRY["conv2d"]
-    layer = cls(cls.Spec(filters=filters, kernel_size=list(kernel), strides=list(stride), padding=padding,
-                         dilation=list(dilation)))
-    rng = np.random.default_rng(sum(shape))
-    layer.build(shape[1:], rng)
-    g = layer.geometry
-    w, b = layer.params["kernel"].astype(dtype), rng.standard_normal(filters).astype(dtype)
-    x = rng.standard_normal(shape).astype(dtype)
-    expect = naive.conv2d(x.astype(np.float64), w.astype(np.float64), b, stride, layer.pad, dilation)
-    dy = rng.standard_normal(expect.shape)
-    dx_expect, dw_expect, db_expect = naive.conv2d_backward(x.astype(np.float64), w.astype(np.float64), dy, stride,
-                                                            layer.pad, dilation)
+    case = conv_against_loops(shape, filters, kernel, stride, padding, dilation, dtype)
+    g, x, w, b, dy = case.g, case.x, case.w, case.b, case.dy
+    expect, dx_expect, dw_expect, db_expect = case.y, case.dx, case.dw, case.db
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(kernels.conv2d_forward(x, w, b, g, kernels.NUMPY), expect, rtol=tol, atol=tol)
     dx, dw, db = kernels.conv2d_backward(x, w, dy.astype(dtype), g, True, kernels.NUMPY, True)
