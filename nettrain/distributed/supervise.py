@@ -4,7 +4,7 @@ When a rank dies of a signal (the out-of-memory killer's SIGKILL, a crash in
 native code), it cannot say so itself, and mpiexec then kills the other ranks
 with SIGKILL too: all anyone sees is the launcher's banner with a process id.
 So under mpiexec on Linux, every ``nettrain`` process that mpiexec starts forks
-at once, before anything is imported or any MPI call is made:
+first thing in :func:`nettrain.cli.main`, before mpi4py is imported or any command runs:
 
 * the child (the *worker*) runs the command, as rank ``PMI_RANK``, in a process
   group of its own, and dies with its parent (``PR_SET_PDEATHSIG``), so that when
