@@ -12,6 +12,12 @@ one's thread pools spin while the other works and each one's peak memory
     python benchmarks/compare_torch.py                       # the five standard cases
     python benchmarks/compare_torch.py configs/fashion_cnn.yaml --steps 20
     python benchmarks/compare_torch.py --no-fast --format json
+    python benchmarks/compare_torch.py --repeat 3            # medians and ranges of 3 runs
+
+With ``--repeat N`` every case is compared N times with fresh worker processes (round by
+round over the cases, so that a busy spell hits all of them), and the table gives the
+median ratios, their ranges, and each framework's spread between runs: (max - min) / median
+of its training img/s.
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: torch==2.13.0).
 """
@@ -287,14 +293,42 @@ def compare(case: str, args) -> dict:
     }
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One row from several runs of one case: medians, ratio ranges, each framework's spread."""
+    import statistics
+
+    row = dict(runs[-1])
+    for key in ("nettrain_img_per_s", "torch_img_per_s", "ratio", "nettrain_forward_img_per_s",
+                "torch_forward_img_per_s", "forward_ratio", "nettrain_peak_mib", "torch_peak_mib", "memory_ratio"):
+        values = [r[key] for r in runs]
+        row[key] = statistics.median(values)
+        if key in ("ratio", "forward_ratio"):
+            row[key + "_range"] = [min(values), max(values)]
+    for name in ("nettrain", "torch"):
+        for kind in ("", "forward_"):
+            values = [r[f"{name}_{kind}img_per_s"] for r in runs]
+            row[f"{name}_{kind}spread"] = (max(values) - min(values)) / statistics.median(values)
+    row["max_output_difference"] = max(r["max_output_difference"] for r in runs)
+    row["runs"] = len(runs)
+    return row
+
+
 def print_table(rows) -> None:
     header = ("config", "kernels", "nettrain img/s", "torch img/s", "ratio", "fwd ratio", "nettrain MiB", "torch MiB",
               "mem ratio")
+    repeated = bool(rows) and "runs" in rows[0]
+    if repeated:
+        header += ("ratio range", "fwd range", "spread nettrain / torch", "fwd spread nettrain / torch")
     lines = [header]
     for r in rows:
-        lines.append((r["config"], r["kernels"], f"{r['nettrain_img_per_s']:.1f}", f"{r['torch_img_per_s']:.1f}",
-                      f"{r['ratio']:.2f}", f"{r['forward_ratio']:.2f}", f"{r['nettrain_peak_mib']:.0f}",
-                      f"{r['torch_peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"))
+        line = (r["config"], r["kernels"], f"{r['nettrain_img_per_s']:.1f}", f"{r['torch_img_per_s']:.1f}",
+                f"{r['ratio']:.2f}", f"{r['forward_ratio']:.2f}", f"{r['nettrain_peak_mib']:.0f}",
+                f"{r['torch_peak_mib']:.0f}", f"{r['memory_ratio']:.2f}")
+        if repeated:
+            line += tuple(f"{lo:.2f}–{hi:.2f}" for lo, hi in (r["ratio_range"], r["forward_ratio_range"]))
+            line += (f"{r['nettrain_spread']:.2f} / {r['torch_spread']:.2f}",
+                     f"{r['nettrain_forward_spread']:.2f} / {r['torch_forward_spread']:.2f}")
+        lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -310,6 +344,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for each framework (nettrain: NETTRAIN_THREADS; torch: set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="compare each case this many times, fresh workers each time")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--fast", dest="use_fast", action="store_true", default=None, help="nettrain with numba")
     parser.add_argument("--no-fast", dest="use_fast", action="store_false", help="nettrain with NumPy only")
@@ -325,13 +360,15 @@ def main(argv=None) -> int:
     if args.worker:
         worker_main(args)
         return 0
-    rows = []
-    for case in args.configs:
-        row = compare(case, args)
-        rows.append(row)
-        if args.format == "table":
-            print(f"{case}: checked ({row['params']:,} params, outputs within {row['max_output_difference']:.1e})",
-                  file=sys.stderr)
+    runs = {case: [] for case in args.configs}
+    for round_ in range(args.repeat):
+        for case in args.configs:
+            row = compare(case, args)
+            runs[case].append(row)
+            if args.format == "table":
+                print(f"{case}: checked ({row['params']:,} params, outputs within {row['max_output_difference']:.1e});"
+                      f" run {round_ + 1}: ratio {row['ratio']:.2f}, fwd ratio {row['forward_ratio']:.2f}", file=sys.stderr)
+    rows = [summarise(r) if args.repeat > 1 else r[0] for r in runs.values()]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:

@@ -247,3 +247,22 @@ def test_exported_torch_layout_loads_strictly_into_the_twin(tmp_path, text):
     with torch.no_grad():
         got = twin(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, model.forward(x, training=False), rtol=1e-4, atol=1e-5)
+
+
+def test_repeated_comparison_gives_medians_ranges_and_spreads(capsys):
+    def run(nettrain, torch_rate, fwd):
+        return {"config": "c", "kernels": "numpy", "params": 1, "max_output_difference": 1e-6,
+                "nettrain_img_per_s": nettrain, "torch_img_per_s": torch_rate, "ratio": nettrain / torch_rate,
+                "nettrain_forward_img_per_s": fwd, "torch_forward_img_per_s": 100.0, "forward_ratio": fwd / 100.0,
+                "nettrain_peak_mib": 10.0, "torch_peak_mib": 20.0, "memory_ratio": 0.5}
+
+    row = compare_torch.summarise([run(90.0, 100.0, 80.0), run(100.0, 80.0, 90.0), run(110.0, 100.0, 70.0)])
+    assert row["runs"] == 3
+    assert row["nettrain_img_per_s"] == 100.0 and row["torch_img_per_s"] == 100.0
+    assert row["ratio"] == pytest.approx(1.1) and row["ratio_range"] == pytest.approx([0.9, 1.25])
+    assert row["forward_ratio_range"] == pytest.approx([0.7, 0.9])
+    assert row["nettrain_spread"] == pytest.approx(0.2) and row["torch_spread"] == pytest.approx(0.2)
+    assert row["nettrain_forward_spread"] == pytest.approx(0.25) and row["torch_forward_spread"] == 0.0
+    compare_torch.print_table([row])
+    table = capsys.readouterr().out
+    assert "0.90–1.25" in table and "0.20 / 0.20" in table
