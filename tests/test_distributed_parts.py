@@ -22,7 +22,7 @@ from nettrain.distributed import launch
 from nettrain.distributed.evaluation import DistributedEvalLoop
 from nettrain.distributed.step import CollectiveStop, DistributedTrainStep, SyncStatistics, share
 from nettrain.distributed.trainer import DistributedTrainer, EveryRankError, agree
-from nettrain.layers.dropout import Dropout
+from nettrain.layers.dropout import Dropout, rows_of_draws
 from nettrain.layers.norm import BatchNorm
 from nettrain.losses import build_loss
 from nettrain.optimizers import build_optimizer
@@ -149,6 +149,31 @@ def test_dropout_slices_draw_the_masks_of_the_whole_batch():
         assert np.array_equal(np.concatenate(parts[step]), expected[step])
     for layer in slices:  # the generators moved on as the whole batch's did
         assert layer.rng.bit_generator.state == whole.rng.bit_generator.state
+
+
+@pytest.mark.parametrize("per_row", [(3,), (1,), (2, 3), (4,)])
+@pytest.mark.parametrize("kept_half", [False, True])
+def test_rows_of_draws_skip_the_other_rows_as_drawing_them_would(per_row, kept_half):
+    """Any rows of a whole batch's float32 draws, and the generator left where the whole draw leaves it,
+    also with odd row sizes and a 32-bit half kept from an earlier odd draw."""
+    total = 7
+    for first in range(total):
+        for rows in range(1, total - first + 1):
+            whole, part = np.random.default_rng(11), np.random.default_rng(11)
+            if kept_half:
+                whole.random(3, dtype=np.float32), part.random(3, dtype=np.float32)
+            expected = whole.random((total, *per_row), dtype=np.float32)[first:first + rows]
+            got = rows_of_draws(part, (rows, *per_row), first, total)
+            assert got.shape == expected.shape and np.array_equal(got, expected)
+            assert part.bit_generator.state == whole.bit_generator.state
+            assert np.array_equal(part.random(5, dtype=np.float32), whole.random(5, dtype=np.float32))
+
+
+def test_rows_of_draws_with_another_bit_generator_draw_every_row():
+    whole, part = np.random.Generator(np.random.MT19937(2)), np.random.Generator(np.random.MT19937(2))
+    expected = whole.random((6, 3), dtype=np.float32)[2:5]
+    assert np.array_equal(rows_of_draws(part, (3, 3), 2, 6), expected)
+    assert part.bit_generator.state["state"]["pos"] == whole.bit_generator.state["state"]["pos"]
 
 
 # --------------------------------------------------------------------------- the step

@@ -11,6 +11,48 @@ from pydantic import Field
 from .base import Layer, LayerSpec, register
 
 
+def _skip_float32(rng: np.random.Generator, count: int) -> None:
+    """Advance ``rng`` past ``count`` float32 draws without making them, to the very state the draws
+    leave (PCG64 only).
+
+    PCG64 makes float32 values from 32-bit halves of its 64-bit outputs, the low half
+    first, keeping the high half for the next draw. A kept half is used up first;
+    ``advance`` then jumps over whole outputs but forgets the last high half, so the
+    last skipped output is made (``random_raw``) to restore it; an odd count ends
+    with one real draw.
+    """
+    if count <= 0:
+        return
+    bit_generator = rng.bit_generator
+    state = bit_generator.state
+    if state["has_uint32"]:
+        state["has_uint32"] = 0
+        bit_generator.state = state
+        count -= 1
+    pairs, odd = divmod(count, 2)
+    if pairs:
+        bit_generator.advance(pairs - 1)
+        last = int(bit_generator.random_raw())
+        state = bit_generator.state
+        state["has_uint32"], state["uinteger"] = 0, last >> 32
+        bit_generator.state = state
+    if odd:
+        rng.random(1, dtype=np.float32)
+
+
+def rows_of_draws(rng: np.random.Generator, shape: tuple[int, ...], first: int, total: int) -> np.ndarray:
+    """Rows ``first : first + shape[0]`` of ``rng.random((total, *shape[1:]), float32)``, leaving ``rng``
+    where that whole draw leaves it, at the cost of the rows' own draws only (PCG64; another bit generator
+    draws all rows)."""
+    if not isinstance(rng.bit_generator, np.random.PCG64):
+        return rng.random((total, *shape[1:]), dtype=np.float32)[first:first + shape[0]]
+    per_row = math.prod(shape[1:])
+    _skip_float32(rng, first * per_row)
+    draws = rng.random(shape, dtype=np.float32)
+    _skip_float32(rng, (total - first - shape[0]) * per_row)
+    return draws
+
+
 @register
 class Dropout(Layer):
     """Masks come from the layer's own generator, seeded from ``seed`` or the model's seed.
@@ -18,7 +60,8 @@ class Dropout(Layer):
     ``batch_slice``: ``(first row, rows of the whole batch)`` when the input is a slice
     of a larger batch (data-parallel training sets it). The mask is then drawn for
     the whole batch and this slice of it kept, so any number of processes draw the
-    masks, and advance the generator, as one process does.
+    masks, and advance the generator, as one process does (skipping the other rows'
+    draws, :func:`rows_of_draws`).
     """
 
     batch_slice: tuple[int, int] | None = None
@@ -42,8 +85,7 @@ class Dropout(Layer):
         if self.batch_slice is None:
             draws = self.rng.random(x.shape, dtype=np.float32)
         else:
-            first, total = self.batch_slice
-            draws = self.rng.random((total, *x.shape[1:]), dtype=np.float32)[first:first + len(x)]
+            draws = rows_of_draws(self.rng, x.shape, *self.batch_slice)
         self._mask = (draws < keep).astype(x.dtype) / x.dtype.type(keep)
         return x * self._mask
 
