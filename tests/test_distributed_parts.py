@@ -469,11 +469,11 @@ WATCHED = """
 import os, signal, sys, time
 from nettrain.distributed.supervise import supervise
 supervise()
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # before the line the test waits for
 print("worker", os.getpid(), os.environ.get("NETTRAIN_WORKER"), flush=True)
 if sys.argv[1] == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
-got = []
-signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
 deadline = time.monotonic() + 20
 while not got and time.monotonic() < deadline:
     time.sleep(0.01)

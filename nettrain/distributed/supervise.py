@@ -52,13 +52,17 @@ def supervise() -> None:
     watcher = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
+    # a signal that comes before the watcher's handlers are in place waits for them, instead of killing it
+    forwarded = {getattr(signal, name) for name in FORWARDED if hasattr(signal, name)}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
     worker = os.fork()
     if worker == 0:
         os.environ["NETTRAIN_WORKER"] = "1"
         os.setpgid(0, 0)  # signals to the watcher's group reach the worker once, through the watcher
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _die_with_parent(watcher)
         return
-    os._exit(watch(worker))
+    os._exit(watch(worker, unblock=blocked))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -72,8 +76,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(128 + int(signal.SIGKILL))
 
 
-def watch(worker: int) -> int:
-    """Pass signals on to ``worker``, wait for it, and return the exit code the watcher should end with."""
+def watch(worker: int, unblock: set | None = None) -> int:
+    """Pass signals on to ``worker``, wait for it, and return the exit code the watcher should end with.
+
+    ``unblock``: the signal mask to restore once the handlers are in place (signals held since the fork
+    are then passed on).
+    """
 
     def forward(signum, frame) -> None:
         try:
@@ -84,6 +92,8 @@ def watch(worker: int) -> int:
     for name in FORWARDED:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), forward)
+    if unblock is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
     _, status = os.waitpid(worker, 0)  # retried by Python when a signal interrupts it
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
