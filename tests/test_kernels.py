@@ -199,6 +199,48 @@ def test_numpy_maxpool_backward_matches_naive(shape, pool, stride, padding, ties
     np.testing.assert_allclose(kernels.NUMPY.max_pool_backward(dy, arg, layer.geometry), expect, rtol=1e-6, atol=1e-6)
 
 
+OVERLAPPING_POOLS = [
+    ((3, 5, 25, 25), (3, 3), (2, 2), (0, 0, 0, 0)),  # alexnet_100's first pooling, odd size
+    ((2, 3, 12, 12), (4, 4), (2, 2), (0, 0, 0, 0)),  # its second
+    ((2, 3, 9, 7), (3, 2), (1, 2), (1, 0, 0, 1)),  # non-square, asymmetric padding
+    ((1, 4, 5, 6), (2, 3), (3, 1), (0, 1, 2, 0)),  # rows left over, padding wider than a stride
+]
+
+
+@pytest.mark.parametrize("planes_per_pass", [None, 1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,pool_hw,stride,pad", OVERLAPPING_POOLS)
+def test_separable_max_pool_argmax_and_gradient_match_loops(monkeypatch, shape, pool_hw, stride, pad, ties, dtype,
+                                                            planes_per_pass):
+    """The flat separable max pooling: the first maximal offset in row-major order, padding never winning,
+    whether the planes go in one pass or several (the last one shorter)."""
+    from nettrain.kernels.reference import pooling as ref_pool
+
+    n, c, h, w = shape
+    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+    out_hw = ((hp - pool_hw[0]) // stride[0] + 1, (wp - pool_hw[1]) // stride[1] + 1)
+    g = kernels.ConvGeometry((c, h, w), pool_hw, stride, (1, 1), pad, out_hw)
+    assert not ref_pool.tiles(g)
+    if planes_per_pass is not None:
+        monkeypatch.setattr(ref_pool, "POOL_CHUNK_BYTES", planes_per_pass * hp * wp * (2 * np.dtype(dtype).itemsize + 4))
+    rng = np.random.default_rng(7)
+    x = (rng.integers(0, 2, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    y, arg = ref_pool.max_pool_forward(x, g)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), pad[:2], pad[2:]), constant_values=-np.inf)
+    for r in range(out_hw[0]):
+        for q in range(out_hw[1]):
+            cells = xp[:, :, r * stride[0] : r * stride[0] + pool_hw[0], q * stride[1] : q * stride[1] + pool_hw[1]]
+            cells = cells.reshape(n, c, -1)
+            np.testing.assert_array_equal(y[:, :, r, q], cells.max(-1))
+            np.testing.assert_array_equal(arg[:, :, r, q], cells.argmax(-1))  # argmax: the first maximum
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool_hw, stride, pad)
+    dx = ref_pool.max_pool_backward(dy, arg, g)
+    assert dx.dtype == dtype and dx.shape == shape
+    np.testing.assert_allclose(dx, expect, rtol=1e-6, atol=1e-6)
+
+
 def test_maxpool_gradient_goes_to_the_first_maximum_on_ties():
     cls = REGISTRY["maxpool2d"]
     layer = cls(cls.Spec(pool_size=2))
