@@ -24,6 +24,9 @@ CONV_SHAPES = [
     ((1, 2, 9, 8), 2, (3, 2), (2, 1), "same", (2, 3)),
     ((2, 3, 10, 10), 5, (4, 4), (4, 4), "valid", (1, 1)),  # AlexNet-like 4x4/4
     ((2, 2, 11, 13), 3, (3, 4), (3, 4), "valid", (1, 1)),  # tiling, pixels left over below and right
+    ((2, 3, 18, 16), 5, (4, 4), (4, 4), "valid", (1, 1)),  # tiling, patch rows moved as 16-byte window rows
+    ((2, 2, 9, 10), 3, (2, 2), (2, 2), "valid", (1, 1)),  # tiling, window rows of 8 (float32) or 16 bytes
+    ((2, 6, 8, 9), 3, (2, 2), (2, 2), "valid", (1, 1)),  # tiling, more channels: patch columns
     ((1, 3, 6, 6), 2, (3, 3), (1, 1), 2, (1, 1)),
 ]
 
@@ -349,3 +352,19 @@ print(sorted(name for name in sys.modules
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_tiling_conv_patch_layouts_and_row_units():
+    """Which tiling convolutions take patch rows, and when their copies move whole window rows."""
+    from nettrain.kernels import patches
+
+    def geometry(c, h, w, k):
+        return kernels.ConvGeometry((c, h, w), (k, k), (k, k), (1, 1), (0, 0, 0, 0), (h // k, w // k))
+
+    assert patches.by_rows(geometry(3, 100, 100, 4)) and not patches.by_rows(geometry(6, 8, 8, 2))
+    g = geometry(3, 18, 16, 4)
+    src, dst = patches._pair(np.zeros((2, 3, 18, 16), np.float32), np.zeros(patches._patch_shape(2, g), np.float32), g)
+    assert src.dtype == dst.dtype == np.complex128 and src.shape == dst.shape == (2, 3, 4, 4, 4)
+    g = geometry(3, 10, 10, 4)  # rows of 40 bytes: not whole window rows apart, so float by float
+    src, dst = patches._pair(np.zeros((2, 3, 10, 10), np.float32), np.zeros(patches._patch_shape(2, g), np.float32), g)
+    assert src.dtype == dst.dtype == np.float32 and src.shape == dst.shape == (2, 3, 2, 4, 2, 4)
