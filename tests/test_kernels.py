@@ -226,7 +226,8 @@ def test_separable_max_pool_argmax_and_gradient_match_loops(monkeypatch, shape, 
     g = kernels.ConvGeometry((c, h, w), pool_hw, stride, (1, 1), pad, out_hw)
     assert not ref_pool.tiles(g)
     if planes_per_pass is not None:
-        monkeypatch.setattr(ref_pool, "POOL_CHUNK_BYTES", planes_per_pass * hp * wp * (2 * np.dtype(dtype).itemsize + 4))
+        per_plane = hp * wp * (2 * np.dtype(dtype).itemsize + 4)
+        monkeypatch.setattr(ref_pool, "POOL_CHUNK_BYTES", planes_per_pass * per_plane)
     rng = np.random.default_rng(7)
     x = (rng.integers(0, 2, shape) if ties else rng.standard_normal(shape)).astype(dtype)
     y, arg = ref_pool.max_pool_forward(x, g)

@@ -113,9 +113,10 @@ def _corners(flat: np.ndarray, planes: int, g: ConvGeometry) -> np.ndarray:
 
 
 # Bytes of work arrays per pass of :func:`_separable_max` (about 10 per float32 input cell):
-# small enough to stay in cache, large enough that its ~25 NumPy calls per pass are cheap
-# (256 KB passes took twice as long as 2 MB ones for alexnet_100's 3x3/2 pooling).
-POOL_CHUNK_BYTES = 1 << 21
+# large enough that its ~25 NumPy calls per pass cost little, which matters most with two
+# threads, whose calls contend for the GIL (alexnet_100's 3x3/2 pooling, half a batch per
+# thread: 256 KB passes 7.2 ms, 2 MB 2.1 ms, 4 MB 1.8 ms; one thread 4.5, 2.6 and 2.1 ms).
+POOL_CHUNK_BYTES = 1 << 22
 
 
 def _separable_max(z: np.ndarray, g: ConvGeometry, y: np.ndarray, arg: np.ndarray) -> None:
