@@ -156,7 +156,8 @@ def test_only_small_stride_1_kernels_with_enough_channels_run_by_offsets():
 
     assert gemm.by_offsets(geometry(16, (3, 3), (1, 1)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (3, 3), (2, 2)), kernels.NUMPY)
-    assert not gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY)
     assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(3, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
