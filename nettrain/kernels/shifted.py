@@ -21,6 +21,7 @@ than im2col for every stride-1 convolution of ResNet-20 and alexnet_100.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .geometry import ConvGeometry
 from .pool import batch_chunks, chunk_workers, run_on_chunks, scratch
@@ -67,6 +68,15 @@ def _flat_images(x: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
     flat[...] = 0
     flat[:, lead : lead + n * hq * wq].reshape(c, n, hq, wq)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
     return flat
+
+
+def _offset_windows(xf: np.ndarray, g: ConvGeometry, start: int, length: int) -> np.ndarray:
+    """The read-only (kh, kw, length, C) view of flat images ``xf`` (C, flat length): for each kernel
+    offset (i, j), positions ``start`` to ``start + length`` shifted by its flat offset."""
+    (kh, kw), (dh, dw), wq = g.kernel, g.dilation, _grid(g)[1]
+    s = xf.itemsize
+    return as_strided(xf[:, start:], (kh, kw, length, xf.shape[0]), (dh * wq * s, dw * s, s, xf.strides[0]),
+                      writeable=False)
 
 
 def _flat_output_grad(dy: np.ndarray, g: ConvGeometry, name: str) -> np.ndarray:
@@ -141,7 +151,7 @@ def conv2d_backward(
     dbs = np.zeros((workers, f), dtype=x.dtype)
 
     def work(k, chunks):
-        part = np.empty((f, c), dtype=x.dtype)
+        part = np.empty((kh, kw, f, c), dtype=x.dtype)
         for n0, n1 in chunks:
             m = (n1 - n0) * hq * wq
             xf = _flat_images(x[n0:n1], g, "shift_x")
@@ -149,8 +159,10 @@ def conv2d_backward(
             block = max(32, KERNEL_GRAD_BLOCK // (f + c))
             for b0 in range(0, m, block):
                 b1 = min(m, b0 + block)
-                for i, j, o in offsets:
-                    dws[k, i, j] += np.matmul(dyf[:, b0:b1], xf[:, o + b0 : o + b1].T, out=part)
+                # all kh*kw products of the block in one batched matmul over a (kh, kw, positions, C)
+                # view of X: one NumPy call instead of kh*kw (measured 2.7 against 3.5 ms per chunk
+                # of alexnet_100's 5x5), fewer calls to contend for the GIL with two threads
+                dws[k] += np.matmul(dyf[:, b0:b1], _offset_windows(xf, g, b0, b1 - b0), out=part)
             if with_bias:
                 dbs[k] += dyf.sum(axis=1)
             if input_grad:
