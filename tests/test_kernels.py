@@ -109,15 +109,21 @@ SHIFTED_CASES = [  # stride 1: (N, C, H, W), filters, kernel, padding, dilation
     ((2, 12, 12, 12), 24, (5, 5), 2, (1, 1)),  # alexnet_100's second convolution
     ((2, 8, 6, 7), 5, (1, 1), "valid", (1, 1)),  # 1x1
     ((2, 3, 7, 7), 4, (3, 3), 2, (1, 1)),  # RGB, padding wider than the kernel needs
+    ((1, 4, 11, 12), 3, (2, 5), "same", (2, 2)),  # wide, dilated: the forward on stacked shifted rows
 ]
 
 
+@pytest.mark.parametrize("stack_min_kw", [None, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,filters,kernel,padding,dilation", SHIFTED_CASES)
-def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, kernel, padding, dilation, dtype):
-    """The per-offset GEMMs (forward and all gradients) against float64 loops, chunk by chunk."""
+def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, kernel, padding, dilation, dtype,
+                                               stack_min_kw):
+    """The per-offset GEMMs (forward and all gradients) against float64 loops, chunk by chunk; the
+    forward also on stacked shifted rows for every kernel width (``stack_min_kw`` 1)."""
     from nettrain.kernels import gemm
 
+    if stack_min_kw is not None:
+        monkeypatch.setattr(shifted, "STACK_MIN_KW", stack_min_kw)
     monkeypatch.setattr(gemm, "MIN_CHANNELS", 1)
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 25)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
