@@ -24,6 +24,9 @@ CONV_SHAPES = [
     ((1, 2, 9, 8), 2, (3, 2), (2, 1), "same", (2, 3)),
     ((2, 3, 10, 10), 5, (4, 4), (4, 4), "valid", (1, 1)),  # AlexNet-like 4x4/4
     ((2, 2, 11, 13), 3, (3, 4), (3, 4), "valid", (1, 1)),  # tiling, pixels left over below and right
+    ((2, 3, 18, 16), 5, (4, 4), (4, 4), "valid", (1, 1)),  # tiling, patch rows moved as 16-byte window rows
+    ((2, 2, 9, 10), 3, (2, 2), (2, 2), "valid", (1, 1)),  # tiling, window rows of 8 (float32) or 16 bytes
+    ((2, 6, 8, 9), 3, (2, 2), (2, 2), "valid", (1, 1)),  # tiling, more channels: patch columns
     ((1, 3, 6, 6), 2, (3, 3), (1, 1), 2, (1, 1)),
 ]
 
@@ -106,15 +109,21 @@ SHIFTED_CASES = [  # stride 1: (N, C, H, W), filters, kernel, padding, dilation
     ((2, 12, 12, 12), 24, (5, 5), 2, (1, 1)),  # alexnet_100's second convolution
     ((2, 8, 6, 7), 5, (1, 1), "valid", (1, 1)),  # 1x1
     ((2, 3, 7, 7), 4, (3, 3), 2, (1, 1)),  # RGB, padding wider than the kernel needs
+    ((1, 4, 11, 12), 3, (2, 5), "same", (2, 2)),  # wide, dilated: the forward on stacked shifted rows
 ]
 
 
+@pytest.mark.parametrize("stack_min_kw", [None, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,filters,kernel,padding,dilation", SHIFTED_CASES)
-def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, kernel, padding, dilation, dtype):
-    """The per-offset GEMMs (forward and all gradients) against float64 loops, chunk by chunk."""
+def test_conv2d_by_kernel_offsets_matches_naive(monkeypatch, shape, filters, kernel, padding, dilation, dtype,
+                                               stack_min_kw):
+    """The per-offset GEMMs (forward and all gradients) against float64 loops, chunk by chunk; the
+    forward also on stacked shifted rows for every kernel width (``stack_min_kw`` 1)."""
     from nettrain.kernels import gemm
 
+    if stack_min_kw is not None:
+        monkeypatch.setattr(shifted, "STACK_MIN_KW", stack_min_kw)
     monkeypatch.setattr(gemm, "MIN_CHANNELS", 1)
     monkeypatch.setattr(gemm, "SHIFTED_MAX_OFFSETS", 25)
     monkeypatch.setattr(pool, "CHUNK_BYTES", 1)  # one sample per chunk
@@ -153,7 +162,8 @@ def test_only_small_stride_1_kernels_with_enough_channels_run_by_offsets():
 
     assert gemm.by_offsets(geometry(16, (3, 3), (1, 1)), kernels.NUMPY)
     assert not gemm.by_offsets(geometry(16, (3, 3), (2, 2)), kernels.NUMPY)
-    assert not gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY)
+    assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY)
     assert gemm.by_offsets(geometry(16, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(16, (7, 7), (1, 1)), kernels.NUMPY, backward=True)
     assert not gemm.by_offsets(geometry(3, (5, 5), (1, 1)), kernels.NUMPY, backward=True)
@@ -197,6 +207,49 @@ def test_numpy_maxpool_backward_matches_naive(shape, pool, stride, padding, ties
     dy = rng.standard_normal(y.shape).astype(np.float32)
     expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool, stride, layer.pad)
     np.testing.assert_allclose(kernels.NUMPY.max_pool_backward(dy, arg, layer.geometry), expect, rtol=1e-6, atol=1e-6)
+
+
+OVERLAPPING_POOLS = [
+    ((3, 5, 25, 25), (3, 3), (2, 2), (0, 0, 0, 0)),  # alexnet_100's first pooling, odd size
+    ((2, 3, 12, 12), (4, 4), (2, 2), (0, 0, 0, 0)),  # its second
+    ((2, 3, 9, 7), (3, 2), (1, 2), (1, 0, 0, 1)),  # non-square, asymmetric padding
+    ((1, 4, 5, 6), (2, 3), (3, 1), (0, 1, 2, 0)),  # rows left over, padding wider than a stride
+]
+
+
+@pytest.mark.parametrize("planes_per_pass", [None, 1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,pool_hw,stride,pad", OVERLAPPING_POOLS)
+def test_separable_max_pool_argmax_and_gradient_match_loops(monkeypatch, shape, pool_hw, stride, pad, ties, dtype,
+                                                            planes_per_pass):
+    """The flat separable max pooling: the first maximal offset in row-major order, padding never winning,
+    whether the planes go in one pass or several (the last one shorter)."""
+    from nettrain.kernels.reference import pooling as ref_pool
+
+    n, c, h, w = shape
+    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+    out_hw = ((hp - pool_hw[0]) // stride[0] + 1, (wp - pool_hw[1]) // stride[1] + 1)
+    g = kernels.ConvGeometry((c, h, w), pool_hw, stride, (1, 1), pad, out_hw)
+    assert not ref_pool.tiles(g)
+    if planes_per_pass is not None:
+        per_plane = hp * wp * (2 * np.dtype(dtype).itemsize + 4)
+        monkeypatch.setattr(ref_pool, "POOL_CHUNK_BYTES", planes_per_pass * per_plane)
+    rng = np.random.default_rng(7)
+    x = (rng.integers(0, 2, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    y, arg = ref_pool.max_pool_forward(x, g)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), pad[:2], pad[2:]), constant_values=-np.inf)
+    for r in range(out_hw[0]):
+        for q in range(out_hw[1]):
+            cells = xp[:, :, r * stride[0] : r * stride[0] + pool_hw[0], q * stride[1] : q * stride[1] + pool_hw[1]]
+            cells = cells.reshape(n, c, -1)
+            np.testing.assert_array_equal(y[:, :, r, q], cells.max(-1))
+            np.testing.assert_array_equal(arg[:, :, r, q], cells.argmax(-1))  # argmax: the first maximum
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool_hw, stride, pad)
+    dx = ref_pool.max_pool_backward(dy, arg, g)
+    assert dx.dtype == dtype and dx.shape == shape
+    np.testing.assert_allclose(dx, expect, rtol=1e-6, atol=1e-6)
 
 
 def test_maxpool_gradient_goes_to_the_first_maximum_on_ties():
@@ -307,3 +360,19 @@ print(sorted(name for name in sys.modules
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_tiling_conv_patch_layouts_and_row_units():
+    """Which tiling convolutions take patch rows, and when their copies move whole window rows."""
+    from nettrain.kernels import patches
+
+    def geometry(c, h, w, k):
+        return kernels.ConvGeometry((c, h, w), (k, k), (k, k), (1, 1), (0, 0, 0, 0), (h // k, w // k))
+
+    assert patches.by_rows(geometry(3, 100, 100, 4)) and not patches.by_rows(geometry(6, 8, 8, 2))
+    g = geometry(3, 18, 16, 4)
+    src, dst = patches._pair(np.zeros((2, 3, 18, 16), np.float32), np.zeros(patches._patch_shape(2, g), np.float32), g)
+    assert src.dtype == dst.dtype == np.complex128 and src.shape == dst.shape == (2, 3, 4, 4, 4)
+    g = geometry(3, 10, 10, 4)  # rows of 40 bytes: not whole window rows apart, so float by float
+    src, dst = patches._pair(np.zeros((2, 3, 10, 10), np.float32), np.zeros(patches._patch_shape(2, g), np.float32), g)
+    assert src.dtype == dst.dtype == np.float32 and src.shape == dst.shape == (2, 3, 2, 4, 2, 4)
