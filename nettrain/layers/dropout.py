@@ -21,6 +21,8 @@ class Dropout(Layer):
     masks, and advance the generator, as one process does.
     """
 
+    per_sample_eval = True
+
     batch_slice: tuple[int, int] | None = None
 
     keeps_input = False  # backward needs only the mask
