@@ -201,3 +201,48 @@ def test_gemm_output_stores_apply_relu(kernel_set, relu, with_bias):
     np.testing.assert_array_equal(ops.rows_to_images(rows, bias, np.empty((n, f, p), np.float32), relu), expect)
     columns = np.ascontiguousarray(rows.reshape(n, p, f).transpose(2, 0, 1).reshape(f, n * p))
     np.testing.assert_array_equal(ops.samples_major(columns, bias, np.empty((n, f, p), np.float32), relu), expect)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_eval_forward_on_slices_over_threads_equals_the_one_thread_pass(name, kernel_set, monkeypatch):
+    """With two worker threads a batch is cut into slices that each thread takes through all the layers
+    (not with a recurrent layer, which is then run on the whole batch); the result is the one-thread pass's."""
+    from nettrain.layers import inference
+
+    model = built(name)
+    x = batch(model, n=11)
+    monkeypatch.setenv("NETTRAIN_THREADS", "1")
+    expect = model.forward(x, training=False)
+    slices = []
+    serial = inference._forward_serial
+    def spy(layers, xs):  # the model's own layer list: not a residual body's
+        if layers is model.layers:
+            slices.append(len(xs))
+        return serial(layers, xs)
+
+    monkeypatch.setattr(inference, "_forward_serial", spy)
+    monkeypatch.setenv("NETTRAIN_THREADS", "2")
+    for split_bytes in (1, 1 << 30):  # one sample per slice; one slice per thread
+        monkeypatch.setattr(inference, "SAMPLE_SPLIT_BYTES", split_bytes)
+        slices.clear()
+        got = model.forward(x, training=False)
+        np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(expect).max())))
+        if inference.sample_splittable(model.layers):
+            assert sorted(slices) == ([1] * 11 if split_bytes == 1 else [5, 6])
+        else:
+            assert "lstm" in str(MODELS[name]) and slices == [11]
+    np.testing.assert_array_equal(x, batch(model, n=11))
+
+
+@pytest.mark.parametrize("n, sample_bytes, workers", [(128, 120_000, 2), (128, 1, 2), (7, 1 << 30, 2), (1, 5, 3),
+                                                       (100, 50_000, 3)])
+def test_eval_slices_cover_the_batch_evenly_over_the_workers(n, sample_bytes, workers):
+    from nettrain.layers import inference
+
+    slices = inference.split_slices(n, sample_bytes, workers)
+    assert slices[0][0] == 0 and slices[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    sizes = [b - a for a, b in slices]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    assert len(slices) % workers == 0 or len(slices) == n
+    assert max(sizes) * sample_bytes <= max(inference.SAMPLE_SPLIT_BYTES, sample_bytes)

@@ -272,14 +272,21 @@ def test_no_np_add_at_in_the_package():
     assert offenders == []
 
 
+@pytest.mark.parametrize("blas_threaded", [True, False])
 @pytest.mark.parametrize("workers", ["1", "2", "3"])
-def test_threaded_matmuls_match_numpy(monkeypatch, workers):
+def test_threaded_matmuls_match_numpy(monkeypatch, workers, blas_threaded):
+    """On the BLAS's threads or as row blocks on the worker threads; the BLAS is left as it was."""
+    from nettrain.kernels import gemm
+
     monkeypatch.setenv("NETTRAIN_THREADS", workers)
     monkeypatch.setattr(pool, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(gemm, "BLAS_THREADED", blas_threaded)
+    before = pool.blas().get()
     rng = np.random.default_rng(int(workers))
     a, b, c = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 5), (5, 8), (37, 8)))
     np.testing.assert_allclose(kernels.matmul(a, b, np.empty((37, 8), np.float32)), a @ b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernels.matmul_tn(a, c, np.empty((5, 8), np.float32)), a.T @ c, rtol=1e-5, atol=1e-5)
+    assert pool.blas().get() == before
 
 
 def test_nested_splits_run_serially_in_the_worker(monkeypatch):

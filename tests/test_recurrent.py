@@ -224,3 +224,37 @@ def test_gru_matches_torch():
 def test_lstm_matches_torch():
     torch = pytest.importorskip("torch")
     torch_parity("lstm", torch.nn.LSTM)
+
+
+@pytest.mark.parametrize("kernel_set", ["numpy", "numba"])
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_eval_forward_projecting_each_step_equals_the_training_pass(kernel_set, threads, return_sequences,
+                                                                         monkeypatch):
+    """Eval computes each step's input projection inside the loop on each thread's slice of the batch;
+    the states are those of the training pass (one input GEMM first), on any thread count, and
+    within float32 rounding of the float64 pass; a backward after it works as after a training pass."""
+    from nettrain import kernels
+
+    if kernel_set == "numba" and not kernels.compiled_available():
+        pytest.skip(f"{kernel_set} kernels not installed")
+    previous = kernels.use_kernels(kernel_set)
+    try:
+        monkeypatch.setenv("NETTRAIN_THREADS", threads)
+        layer = make("lstm", units=24, return_sequences=return_sequences)
+        layer.build((9, 7), np.random.default_rng(3))
+        randomize(layer, np.random.default_rng(3))
+        x = np.random.default_rng(4).standard_normal((67, 9, 7)).astype(np.float32)  # odd: uneven slices
+        trained = layer.forward(x, training=True)
+        got = layer.forward(x, training=False)
+        np.testing.assert_allclose(got, trained, rtol=1e-6, atol=1e-6)
+        monkeypatch.setenv("NETTRAIN_THREADS", "1")
+        np.testing.assert_allclose(layer.forward(x, training=False), got, rtol=1e-6, atol=1e-6)
+        layer.cast(np.float64)
+        np.testing.assert_allclose(got, layer.forward(x.astype(np.float64), training=False), rtol=0, atol=1e-5)
+        dy = np.random.default_rng(5).standard_normal(got.shape)
+        dx_eval = layer.backward(dy)  # a backward after an eval forward sees the same kept states
+        layer.forward(x.astype(np.float64), training=True)
+        np.testing.assert_array_equal(layer.backward(dy), dx_eval)
+    finally:
+        kernels.use_kernels(previous)

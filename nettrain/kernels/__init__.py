@@ -24,9 +24,9 @@ from .dispatch import (NUMPY, backend, compiled_available, compiled_enabled, ker
                        use_kernels)
 from .geometry import ConvGeometry, Pad4
 from .gemm import conv2d_backward, conv2d_forward, matmul, matmul_tn, matmul_tn_partials_bytes
-from .pool import blas, chunk_workers, over_batch, scratch
+from .pool import blas, chunk_workers, even_ranges, inside_share, over_batch, run_on_chunks, scratch
 from .reference.pooling import window_counts
 
 __all__ = ["NUMPY", "ConvGeometry", "Pad4", "backend", "blas", "chunk_workers", "compiled_available",
-           "compiled_enabled", "conv2d_backward", "conv2d_forward", "kernel_path", "kernel_set", "matmul",
-           "matmul_tn", "over_batch", "scratch", "set_compiled", "use_kernels", "window_counts"]
+           "compiled_enabled", "conv2d_backward", "conv2d_forward", "even_ranges", "inside_share", "kernel_path", "kernel_set", "matmul",
+           "matmul_tn", "over_batch", "run_on_chunks", "scratch", "set_compiled", "use_kernels", "window_counts"]

@@ -124,6 +124,11 @@ def _share(work, k, share):
         _LOCAL.busy = False
 
 
+def inside_share() -> bool:
+    """Whether the calling thread is running a share of :func:`run_on_chunks` (its own splits run serially)."""
+    return getattr(_LOCAL, "busy", False)
+
+
 def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
     """Call ``work(worker_index, its_chunks)`` for ``workers`` interleaved shares of ``chunks``.
 
@@ -131,7 +136,7 @@ def run_on_chunks(work, chunks: list[tuple[int, int]], workers: int) -> None:
     single-threaded meanwhile (see above). Called from inside a share, it runs serially.
     """
     workers = max(1, min(workers, len(chunks)))
-    if workers == 1 or getattr(_LOCAL, "busy", False):
+    if workers == 1 or inside_share():
         work(0, chunks)
         return
     b = blas()

@@ -166,6 +166,8 @@ class ActivationLayer(Layer):
     then hands that layer's output, already rectified, through in both directions.
     """
 
+    per_sample_eval = True
+
     keeps_output = True
     fused_before: Layer | None = None
     _handed_through = False

@@ -109,6 +109,9 @@ class Layer:
     keeps_input: ClassVar[bool] = True
     keeps_output: ClassVar[bool] = False
     output_is_view: ClassVar[bool] = False
+    # Whether the eval forward treats each sample alone and shares no work arrays between calls,
+    # so that threads may run it on slices of one batch at once (nettrain.layers.inference)
+    per_sample_eval: ClassVar[bool] = False
 
     def __init__(self, spec: LayerSpec | None = None, name: str | None = None, **fields: Any):
         if spec is None:

@@ -13,6 +13,8 @@ from .inference import forward_sequence
 class Sequential(Layer):
     """Layers applied one after another; the body of a residual block is one of these."""
 
+    per_sample_eval = True
+
     type_name = "sequential"
 
     def __init__(self, layers: list[Layer], name: str = "sequential"):

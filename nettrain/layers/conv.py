@@ -72,6 +72,8 @@ def window_output_size(layer: Layer, in_shape: Shape, in_hw, kernel, stride, pad
 class Conv2D(Layer):
     """y[n, f] = sum_c x[n, c] * W[f, c] + b[f], over kh x kw windows; weights (F, C, kh, kw)."""
 
+    per_sample_eval = True
+
     class Spec(LayerSpec):
         type: Literal["conv2d"] = "conv2d"
         filters: PositiveInt

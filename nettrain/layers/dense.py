@@ -18,6 +18,8 @@ from .base import Layer, LayerSpec, register
 class Dense(Layer):
     """Fully connected layer; kernel (in, units)."""
 
+    per_sample_eval = True
+
     class Spec(LayerSpec):
         type: Literal["dense"] = "dense"
         units: PositiveInt

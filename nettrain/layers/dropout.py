@@ -64,6 +64,8 @@ class Dropout(Layer):
     draws, :func:`rows_of_draws`).
     """
 
+    per_sample_eval = True
+
     batch_slice: tuple[int, int] | None = None
 
     keeps_input = False  # backward needs only the mask

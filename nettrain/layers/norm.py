@@ -49,6 +49,8 @@ class BatchNorm(Layer):
     ``statistics`` says where the batch statistics come from (see the module doc).
     """
 
+    per_sample_eval = True
+
     statistics: BatchStatistics = LOCAL_STATISTICS
     relu_after: Layer | None = None  # the ReLU fused into training passes (see fuse_activation)
     _fused_y: np.ndarray | None = None

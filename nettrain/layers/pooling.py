@@ -24,6 +24,8 @@ class PoolSpec(LayerSpec):
 class Pool2D(Layer):
     """Shared window arithmetic; strides default to the pool size (Keras)."""
 
+    per_sample_eval = True
+
     keeps_input = False  # backward needs the window geometry (and max pooling its argmax)
 
     Spec: ClassVar[type[PoolSpec]] = PoolSpec
@@ -93,6 +95,8 @@ class AvgPool2D(Pool2D):
 @register
 class GlobalAvgPool2D(Layer):
     """(C, H, W) -> (C,): the mean of each feature map."""
+
+    per_sample_eval = True
 
     keeps_input = False
 

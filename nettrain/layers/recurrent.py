@@ -124,8 +124,11 @@ class Recurrent(Layer):
         self._xs = xs.reshape(steps * n, features + 1)
         kernel_and_bias = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
         kernel_and_bias[:features], kernel_and_bias[features] = self.params["kernel"], self.params["bias"]
-        xw = kernels.matmul(self._xs, kernel_and_bias, self.work("gates", (steps * n, self.width)))
-        self._h = self.scan(xw.reshape(steps, n, -1))
+        if not training and self.projecting_scan:
+            self._h = self.scan_projecting(xs, kernel_and_bias)
+        else:
+            xw = kernels.matmul(self._xs, kernel_and_bias, self.work("gates", (steps * n, self.width)))
+            self._h = self.scan(xw.reshape(steps, n, -1))
         # copies (never views, whatever N or T), so that a later layer working in place cannot
         # corrupt the cached states, and the next call cannot overwrite this output
         if self.spec.return_sequences:
@@ -225,6 +228,14 @@ class Recurrent(Layer):
         h[0] = 0
         return h
 
+    projecting_scan: ClassVar[bool] = False
+    """Whether the eval forward runs :meth:`scan_projecting` instead of one input GEMM and :meth:`scan`."""
+
+    def scan_projecting(self, xs: np.ndarray, kernel_and_bias: np.ndarray) -> np.ndarray:
+        """Eval: inputs ``xs (T, N, F+1)`` (a column of ones last) -> hidden states ``(T+1, N, U)``, as
+        :meth:`scan`, each step's input projection computed inside the loop by each thread."""
+        raise NotImplementedError
+
     def scan(self, gates: np.ndarray) -> np.ndarray:
         """Input projections ``gates (T, N, G*U)`` -> hidden states ``(T+1, N, U)``.
 
@@ -313,6 +324,32 @@ class LSTM(Recurrent):
         def run(a, b):
             hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
             for t in range(steps):
+                np.matmul(h[t, a:b], recurrent, out=hr)
+                ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
+
+        kernels.over_batch(run, n, gates.size)
+        self._c, self._acts, self._tanh_c = c, gates, tanh_c
+        return h
+
+    # Eval: each thread computes the input projection of its slice of the batch step by step, right
+    # before the cell kernel reads it from cache, instead of one GEMM over all steps before the
+    # loop: one pass over the (T, N, 4U) gates fewer through memory, which two threads share, and
+    # one hand-over to the threads fewer (see benchmarks/README.md, round four)
+    projecting_scan = True
+
+    def scan_projecting(self, xs, kernel_and_bias):
+        ops = kernels.backend(self.dtype)
+        recurrent = self.params["recurrent_kernel"]
+        steps, n, width = xs.shape[0], xs.shape[1], self.width
+        h = self.initial_state("h", n, steps)
+        c = self.initial_state("c", n, steps)
+        tanh_c = self.work("tanh_c", (steps, n, self.spec.units))
+        gates = self.work("gates", (steps, n, width))  # activated in place and kept, as by scan
+
+        def run(a, b):
+            hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
+            for t in range(steps):
+                np.matmul(xs[t, a:b], kernel_and_bias, out=gates[t, a:b])
                 np.matmul(h[t, a:b], recurrent, out=hr)
                 ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
 

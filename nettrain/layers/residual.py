@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # the real type is bound in layers/__init__.py once every lay
 
 @register
 class Residual(Layer):
+    per_sample_eval = True
+
     class Spec(LayerSpec):
         type: Literal["residual"] = "residual"
         body: list["AnyLayerSpec"]

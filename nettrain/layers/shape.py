@@ -14,6 +14,8 @@ from .base import Layer, LayerSpec, format_shape, register
 class _View(Layer):
     """A layer that gives each sample another shape (``out_shape``) without copying."""
 
+    per_sample_eval = True
+
     keeps_input = False
     output_is_view = True
 
