@@ -330,10 +330,22 @@ def threaded_max_pool_forward(x, g):
     return split_samples(max_pool_forward, (y, arg), (x,), (g,))
 
 
+def _grids_pay(g: ConvGeometry) -> bool:
+    """Whether :func:`_route_on_grids` beats ``np.bincount`` on two threads for ``g``.
+
+    The grids take three passes per window offset over (OH + 1) x (OW + 1) cells a plane,
+    the bincount about one over the padded image: alexnet_100's 3x3/2 on 25x25 (grid
+    work 2.4x the image's cells) with 2 threads in a training step: 5.5-7.1 ms by bincount,
+    2.0-3.7 on grids; its 4x4/2 on 12x12 (4x): 0.9-1.3 against 1.4-2.5.
+    """
+    (ph, pw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out_hw
+    grid = (oh + (ph - 1) // sh) * (ow + (pw - 1) // sw)
+    return ph * pw * grid <= 3 * math.prod(g.padded_hw)
+
+
 def threaded_max_pool_backward(dy, arg, g):
     dx = np.empty((*dy.shape[:2], *g.in_chw[1:]), dy.dtype)
-    # alexnet_100's 3x3/2 backward with 2 threads in a training step: 6.3-7.2 ms by bincount, 2.6-3.7 on grids
-    gil_free = not tiles(g) and split_workers(dy.shape[0], dy.size) > 1
+    gil_free = not tiles(g) and split_workers(dy.shape[0], dy.size) > 1 and _grids_pay(g)
     return split_samples(partial(max_pool_backward, gil_free=gil_free), (dx,), (dy, arg), (g,))
 
 
