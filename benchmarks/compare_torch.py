@@ -4,8 +4,8 @@ For each config this script builds the nettrain model from the YAML and the
 same network in PyTorch (layer by layer, weights copied), checks that the two
 agree (same trainable parameter count; eval-mode outputs equal within 1e-4),
 then times training steps of both with the same batch, data, optimizer, dtype
-(float32) and thread count, alternating step by step so that machine noise
-hits both. Each framework runs in its own worker process, so that neither
+(float32) and thread count, alternating in short blocks of steps (ABBA) so that
+machine noise hits both; each block's first step is not timed (see ``blocks``). Each framework runs in its own worker process, so that neither
 one's thread pools spin while the other works and each one's peak memory
 (RSS) is its own.
 
@@ -249,6 +249,19 @@ def check_agreement(nt: Worker, th: Worker, input_shape, seed) -> float:
     return diff
 
 
+def blocks(steps: int, size: int) -> list[int]:
+    """The timed steps as blocks of ``size`` (the last one shorter), each run by one framework in turn.
+
+    Each block starts with one more step that is not timed. A framework that has just finished
+    disturbs the next one's first step: PyTorch's OpenMP threads (libgomp) spin for about 10 ms of
+    CPU after each parallel region before they sleep, and the other framework's threads then
+    share the cores with them; and after the other framework's turn a framework's caches are cold.
+    Timing only the steps after it gives each its own steady pace, as when it trains alone.
+    """
+    size = max(1, size)
+    return [min(size, steps - start) for start in range(0, steps, size)]
+
+
 def compare(case: str, args) -> dict:
     import statistics
 
@@ -262,12 +275,14 @@ def compare(case: str, args) -> dict:
         diff = check_agreement(nt, th, input_shape, args.seed)
         times = {"nettrain": {"step": [], "forward": []}, "torch": {"step": [], "forward": []}}
         for command in ("step", "forward"):
-            for i in range(args.warmup + args.steps):
-                # ABBA order: neither framework always runs right after the other
+            for name, worker in (("nettrain", nt), ("torch", th)):
+                for _ in range(args.warmup):
+                    worker.ask(command)
+            for i, block in enumerate(blocks(args.steps, args.block)):
+                # ABBA order of the blocks: neither framework always runs right after the other
                 for name, worker in ((("nettrain", nt), ("torch", th)) if i % 2 == 0 else (("torch", th), ("nettrain", nt))):
-                    elapsed = worker.ask(command)
-                    if i >= args.warmup:
-                        times[name][command].append(elapsed)
+                    worker.ask(command)  # the block's first step, untimed: see blocks()
+                    times[name][command] += [worker.ask(command) for _ in range(block)]
         rss = {"nettrain": nt.ask("rss"), "torch": th.ask("rss")}
     finally:
         nt.close()
@@ -342,6 +357,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block", type=int, default=5,
+                        help="timed steps in a row per framework, after one untimed step (blocks alternate ABBA)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for each framework (nettrain: NETTRAIN_THREADS; torch: set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="compare each case this many times, fresh workers each time")

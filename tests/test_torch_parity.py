@@ -266,3 +266,10 @@ def test_repeated_comparison_gives_medians_ranges_and_spreads(capsys):
     compare_torch.print_table([row])
     table = capsys.readouterr().out
     assert "0.90–1.25" in table and "0.20 / 0.20" in table
+
+
+def test_timed_steps_run_in_blocks_that_cover_every_step():
+    assert compare_torch.blocks(20, 5) == [5, 5, 5, 5]
+    assert compare_torch.blocks(12, 5) == [5, 5, 2]
+    assert compare_torch.blocks(3, 1) == [1, 1, 1]
+    assert compare_torch.blocks(4, 0) == [1, 1, 1, 1]  # a block size below 1 means one step per block

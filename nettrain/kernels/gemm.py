@@ -247,11 +247,14 @@ def _backward_rows(
 
 
 # -- matrix products ---------------------------------------------------------------
-BLAS_THREADED = True
+BLAS_THREADED = False
 """Whether the matrix products below run as one call on the BLAS's own threads (as many as the
-worker threads) rather than as row blocks on the worker threads: measured at 2 threads, handing
-work to the pool costs about 0.1 ms, so the dense layers' GEMMs ran slower split than on one
-thread, and 1.6-1.9x faster on the BLAS's threads."""
+worker threads) rather than as row blocks on the worker threads. Off: after a threaded call,
+OpenBLAS's idle threads spin for about 2**28 cycles (0.1 s) before they sleep, which on a
+2-core machine takes a core from the worker threads for the rest of the step. Measured at 2
+threads (``nettrain bench``, batch 128, 3 runs each): training alexnet_100 2,845-3,519 img/s on
+the BLAS's threads against 4,507-6,190 in row blocks, fashion_cnn 1,307-1,537 against
+1,837-2,085, fashion_lstm 5,151-5,369 against 6,193-7,371; see benchmarks/README.md."""
 
 
 def blas_threaded(product):
