@@ -217,16 +217,14 @@ OVERLAPPING_POOLS = [
 ]
 
 
-@pytest.mark.parametrize("gil_free", [False, True])
 @pytest.mark.parametrize("planes_per_pass", [None, 1, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape,pool_hw,stride,pad", OVERLAPPING_POOLS)
 def test_separable_max_pool_argmax_and_gradient_match_loops(monkeypatch, shape, pool_hw, stride, pad, ties, dtype,
-                                                            planes_per_pass, gil_free):
+                                                            planes_per_pass):
     """The flat separable max pooling: the first maximal offset in row-major order, padding never winning,
-    whether the planes go in one pass or several (the last one shorter); its backward by bincount and
-    by the masked adds on parity grids."""
+    whether the planes go in one pass or several (the last one shorter); its backward by bincount."""
     from nettrain.kernels.reference import pooling as ref_pool
 
     n, c, h, w = shape
@@ -249,33 +247,33 @@ def test_separable_max_pool_argmax_and_gradient_match_loops(monkeypatch, shape, 
             np.testing.assert_array_equal(arg[:, :, r, q], cells.argmax(-1))  # argmax: the first maximum
     dy = rng.standard_normal(y.shape).astype(dtype)
     expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), pool_hw, stride, pad)
-    dx = ref_pool.max_pool_backward(dy, arg, g, np.full(shape, np.nan, dtype) if gil_free else None, gil_free)
+    dx = ref_pool.max_pool_backward(dy, arg, g, np.full(shape, np.nan, dtype) if planes_per_pass else None)
     assert dx.dtype == dtype and dx.shape == shape
     np.testing.assert_allclose(dx, expect, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("pool_hw,in_hw,out_hw,threads,gil_free", [
-    (3, 11, 5, 1, False), (3, 11, 5, 2, True),
-    (4, 12, 5, 2, False),  # many offsets on a small image: bincount's one pass over it wins
+@pytest.mark.parametrize("pool_hw,stride,in_hw,out_hw,calls", [
+    (3, 2, 11, 5, 1),  # overlapping windows: bincount holds the GIL, so one call in the calling thread
+    (4, 2, 12, 5, 1),
+    (2, 2, 10, 5, 2),  # windows that tile the image: one call per worker thread
 ])
-def test_threaded_max_pool_backward_routes_on_grids_with_two_threads(monkeypatch, pool_hw, in_hw, out_hw, threads,
-                                                                     gil_free):
-    """Split over two threads, the overlapping max-pool backward runs the GIL-free routing where it pays."""
+def test_threaded_max_pool_backward_splits_only_tiling_windows(monkeypatch, pool_hw, stride, in_hw, out_hw, calls):
+    """With two worker threads, only the max-pool backward of windows that tile the image is split."""
     from nettrain.kernels.reference import pooling as ref_pool
 
-    monkeypatch.setenv("NETTRAIN_THREADS", str(threads))
+    monkeypatch.setenv("NETTRAIN_THREADS", "2")
     monkeypatch.setattr(pool, "PARALLEL_MIN_ELEMENTS", 1)
     seen = []
     real = ref_pool.max_pool_backward
-    monkeypatch.setattr(ref_pool, "max_pool_backward", lambda *a, **k: seen.append(k["gil_free"]) or real(*a, **k))
-    g = kernels.ConvGeometry((3, in_hw, in_hw), (pool_hw,) * 2, (2, 2), (1, 1), (0, 0, 0, 0), (out_hw, out_hw))
+    monkeypatch.setattr(ref_pool, "max_pool_backward", lambda dy, *a, **k: seen.append(len(dy)) or real(dy, *a, **k))
+    g = kernels.ConvGeometry((3, in_hw, in_hw), (pool_hw,) * 2, (stride,) * 2, (1, 1), (0, 0, 0, 0), (out_hw, out_hw))
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, (4, 3, in_hw, in_hw)).astype(np.float32)
     y, arg = ref_pool.threaded_max_pool_forward(x, g)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = ref_pool.threaded_max_pool_backward(dy, arg, g)
-    assert seen == [gil_free] * threads
-    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), (pool_hw,) * 2, (2, 2),
+    assert len(seen) == calls and sum(seen) == 4
+    expect = naive.max_pool2d_backward(x.astype(np.float64), dy.astype(np.float64), (pool_hw,) * 2, (stride,) * 2,
                                        (0, 0, 0, 0))
     np.testing.assert_allclose(dx, expect, rtol=1e-6, atol=1e-6)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..geometry import ConvGeometry, Pad4, argmax_dtype
-from ..pool import scratch, split_samples, split_workers
+from ..pool import scratch, split_samples
 from .conv import pad_images, unpad_images, window
 
 # Pooling windows are a few cells wide, so NumPy runs its inner loops over a handful
@@ -187,57 +186,6 @@ def _winners(arg: np.ndarray, g: ConvGeometry) -> np.ndarray:
     return idx
 
 
-def _route_on_grids(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry, dx: np.ndarray) -> None:
-    """The max-pool backward of :func:`max_pool_backward` by ufuncs alone, which release the GIL.
-
-    Window (oh, ow)'s offset (i, j) hits padded cell (sh*oh + i, sw*ow + j): in the
-    sub-image of the cells of row parity i % sh and column parity j % sw, position
-    (oh + i // sh, ow + j // sw). So with ``dy`` and ``arg`` laid out on (R, Q) grids one
-    window row and column larger than (OH, OW) (the margin 0 and -1), each offset's
-    share is one contiguous masked add shifted by (i // sh)*Q + j // sw into its
-    parity's grid, and the grids are then copied into the strided cells of ``dx``.
-    Used when two threads run the backward: ``np.bincount`` holds the GIL.
-    """
-    n, c = dy.shape[:2]
-    planes = n * c
-    (ph, pw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out_hw
-    hp, wp = g.padded_hw
-    rows, cols = oh + (ph - 1) // sh, ow + (pw - 1) // sw
-    size = planes * rows * cols
-    dg = scratch("pool_grid_dy", (planes, rows, cols), dy.dtype)
-    ag = scratch("pool_grid_arg", (planes, rows, cols), arg.dtype)
-    dg[:, oh:], dg[:, :oh, ow:] = 0, 0
-    ag[:, oh:], ag[:, :oh, ow:] = -1, -1
-    dg[:, :oh, :ow] = dy.reshape(planes, oh, ow)
-    ag[:, :oh, :ow] = arg.reshape(planes, oh, ow)
-    dgf, agf = dg.reshape(-1), ag.reshape(-1)
-    won, part = scratch("pool_grid_won", (size,), np.bool_), scratch("pool_grid_part", (size,), dy.dtype)
-    sub = scratch("pool_grid_sum", (planes, rows, cols), dy.dtype)
-    subf = sub.reshape(-1)
-    dxp = scratch("pool_grid_dx", (n, c, hp, wp), dy.dtype) if any(g.pad) else dx
-    for a in range(sh):
-        for b in range(sw):
-            cells = dxp[:, :, a::sh, b::sw]
-            if a >= ph or b >= pw:  # no window reaches these cells (stride > pool size)
-                cells[...] = 0
-                continue
-            for i in range(a, ph, sh):
-                for j in range(b, pw, sw):
-                    s = (i // sh) * cols + j // sw
-                    np.equal(agf, i * pw + j, out=won)
-                    if s == 0:  # the first offset of the parity writes every position
-                        np.multiply(dgf, won, out=subf)
-                    else:
-                        np.multiply(dgf[: size - s], won[: size - s], out=part[: size - s])
-                        np.add(subf[s:], part[: size - s], out=subf[s:])
-            r, q = min(cells.shape[2], rows), min(cells.shape[3], cols)
-            cells[:, :, :r, :q] = sub.reshape(n, c, rows, cols)[:, :, :r, :q]
-            cells[:, :, r:] = 0
-            cells[:, :, :r, q:] = 0
-    if dxp is not dx:
-        dx[...] = unpad_images(dxp, g.pad)
-
-
 def max_pool_forward(x: np.ndarray, g: ConvGeometry, out: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) -> (max (N, C, OH, OW), argmax offset i*pw + j (N, C, OH, OW) as int8/int32).
 
@@ -255,12 +203,11 @@ def max_pool_forward(x: np.ndarray, g: ConvGeometry, out: tuple | None = None) -
     return y, arg
 
 
-def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry, out: np.ndarray | None = None,
-                      gil_free: bool = False) -> np.ndarray:
+def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry, out: np.ndarray | None = None) -> np.ndarray:
     """Route each output gradient to the input position that won the max: -> (N, C, H, W).
 
-    ``gil_free``: overlapping or padded windows by :func:`_route_on_grids` instead of
-    ``np.bincount`` (faster alone, but it holds the GIL, so two threads run it in turn).
+    Windows that tile the image by masked multiplies, one per offset; overlapping or padded
+    ones by ``np.bincount`` over the flat padded images.
     """
     n, c = dy.shape[:2]
     ph, pw = g.kernel
@@ -274,9 +221,6 @@ def max_pool_backward(dy: np.ndarray, arg: np.ndarray, g: ConvGeometry, out: np.
             for j in range(pw):
                 np.equal(arg, i * pw + j, out=won)
                 np.multiply(dy, won, out=window(dx, i, j, g.stride, (1, 1), g.out_hw))
-        return dx
-    if gil_free:
-        _route_on_grids(dy, arg, g, dx)
         return dx
     sums = np.bincount(_winners(arg, g).reshape(-1), weights=np.ravel(dy), minlength=n * c * math.prod(g.padded_hw))
     dx[...] = unpad_images(sums.reshape(n, c, *g.padded_hw), g.pad)
@@ -330,23 +274,20 @@ def threaded_max_pool_forward(x, g):
     return split_samples(max_pool_forward, (y, arg), (x,), (g,))
 
 
-def _grids_pay(g: ConvGeometry) -> bool:
-    """Whether :func:`_route_on_grids` beats ``np.bincount`` on two threads for ``g``.
-
-    The grids take three passes per window offset over (OH + 1) x (OW + 1) cells a plane,
-    the bincount about one over the padded image: alexnet_100's 3x3/2 on 25x25 (grid
-    work 2.4x the image's cells) with 2 threads in a training step: 5.5-7.1 ms by bincount,
-    2.0-3.7 on grids; its 4x4/2 on 12x12 (4x): 0.9-1.3 against 1.4-2.5.
-    """
-    (ph, pw), (sh, sw), (oh, ow) = g.kernel, g.stride, g.out_hw
-    grid = (oh + (ph - 1) // sh) * (ow + (pw - 1) // sw)
-    return ph * pw * grid <= 3 * math.prod(g.padded_hw)
-
-
 def threaded_max_pool_backward(dy, arg, g):
+    """Windows that tile the image split over the worker threads; overlapping or padded ones run
+    in the calling thread.
+
+    Their ``np.bincount`` holds the GIL, so two threads would take turns. A GIL-free version
+    (masked adds on per-parity grids) ran faster per layer on two threads but not in a whole
+    training step, where one thread's bincount measured faster still: alexnet_100 with NumPy
+    kernels and 2 threads trained at 3,763 / 4,703 / 3,782 img/s this way against 3,714 / 4,231 /
+    3,111 split (alternating processes; benchmarks/README.md, round four).
+    """
     dx = np.empty((*dy.shape[:2], *g.in_chw[1:]), dy.dtype)
-    gil_free = not tiles(g) and split_workers(dy.shape[0], dy.size) > 1 and _grids_pay(g)
-    return split_samples(partial(max_pool_backward, gil_free=gil_free), (dx,), (dy, arg), (g,))
+    if not tiles(g):
+        return max_pool_backward(dy, arg, g, dx)
+    return split_samples(max_pool_backward, (dx,), (dy, arg), (g,))
 
 
 def threaded_avg_pool_forward(x, g, inv_count):
