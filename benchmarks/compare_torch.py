@@ -5,9 +5,9 @@ same network in PyTorch (layer by layer, weights copied), checks that the two
 agree (same trainable parameter count; eval-mode outputs equal within 1e-4),
 then times training steps of both with the same batch, data, optimizer, dtype
 (float32) and thread count, alternating in short blocks of steps (ABBA) so that
-machine noise hits both; each block's first step is not timed (see ``blocks``). Each framework runs in its own worker process, so that neither
-one's thread pools spin while the other works and each one's peak memory
-(RSS) is its own.
+machine noise hits both; each block's first step is not timed (see ``blocks``).
+Each framework runs in its own worker process, so that neither one's thread
+pools spin while the other works and each one's peak memory (RSS) is its own.
 
     python benchmarks/compare_torch.py                       # the five standard cases
     python benchmarks/compare_torch.py configs/fashion_cnn.yaml --steps 20
@@ -275,7 +275,7 @@ def compare(case: str, args) -> dict:
         diff = check_agreement(nt, th, input_shape, args.seed)
         times = {"nettrain": {"step": [], "forward": []}, "torch": {"step": [], "forward": []}}
         for command in ("step", "forward"):
-            for name, worker in (("nettrain", nt), ("torch", th)):
+            for worker in (nt, th):
                 for _ in range(args.warmup):
                     worker.ask(command)
             for i, block in enumerate(blocks(args.steps, args.block)):
