@@ -15,8 +15,8 @@ import numpy as np
 
 from . import patches, shifted
 from .geometry import ConvGeometry
-from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, blas, chunk_workers, even_ranges, inside_share, over_batch,
-                   run_on_chunks, scratch, split_workers)
+from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_ranges, over_batch, run_on_chunks, scratch,
+                   split_workers)
 
 
 
@@ -247,34 +247,17 @@ def _backward_rows(
 
 
 # -- matrix products ---------------------------------------------------------------
-BLAS_THREADED = False
-"""Whether the matrix products below run as one call on the BLAS's own threads (as many as the
-worker threads) rather than as row blocks on the worker threads. Off: after a threaded call,
-OpenBLAS's idle threads spin for about 2**28 cycles (0.1 s) before they sleep, which on a
-2-core machine takes a core from the worker threads for the rest of the step. Measured at 2
-threads (``nettrain bench``, batch 128, 3 runs each): training alexnet_100 2,845-3,519 img/s on
-the BLAS's threads against 4,507-6,190 in row blocks, fashion_cnn 1,307-1,537 against
-1,837-2,085, fashion_lstm 5,151-5,369 against 6,193-7,371; see benchmarks/README.md."""
-
-
-def blas_threaded(product):
-    """Run ``product()`` with the BLAS on as many threads as the worker threads (serially inside a share)."""
-    workers = chunk_workers()
-    if workers == 1 or inside_share():
-        return product()
-    b = blas()
-    before = b.get()
-    b.set(workers)
-    try:
-        return product()
-    finally:
-        b.set(before)
+# The products run as row blocks on the worker threads, each with a one-thread BLAS, never on the
+# BLAS's own threads: after a threaded call OpenBLAS's idle threads spin for about 2**28 cycles
+# (0.1 s) before they sleep, which on a 2-core machine takes a core from the worker threads for
+# the rest of the step. Measured at 2 threads (``nettrain bench``, batch 128, 3 runs each):
+# training alexnet_100 2,845-3,519 img/s with the products on the BLAS's threads against
+# 4,507-6,190 in row blocks, fashion_cnn 1,307-1,537 against 1,837-2,085, fashion_lstm
+# 5,151-5,369 against 6,193-7,371 (benchmarks/README.md, round four).
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = a @ b`` (2-D), on the BLAS's threads (or blocks of ``a``'s rows on the worker threads)."""
-    if BLAS_THREADED:
-        return blas_threaded(lambda: np.matmul(a, b, out=out))
+    """``out = a @ b`` (2-D), blocks of ``a``'s rows on the worker threads."""
     over_batch(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), a.shape[0], a.shape[0] * b.shape[1])
     return out
 
@@ -282,8 +265,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 def matmul_tn_partials_bytes(m: int, out_size: int, itemsize: int, workers: int) -> int:
     """Bytes of the per-thread partial sums :func:`matmul_tn` allocates for ``(m, K).T @ (m, L)``,
     ``out_size = K * L``, on ``workers`` threads (none when it runs on one)."""
-    if BLAS_THREADED:
-        return 0
     used = max(1, min(workers, m)) if m * out_size // 16 >= PARALLEL_MIN_ELEMENTS else 1
     return 0 if used == 1 else used * out_size * itemsize
 
@@ -294,8 +275,6 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     The weight gradient of a layer applied at every position (recurrent, dense on sequences).
     """
     m = a.shape[0]
-    if BLAS_THREADED:
-        return blas_threaded(lambda: np.matmul(a.T, b, out=out))
     # each thread adds a partial (K, L) sum: worth it for about 16 multiply-adds per element or more
     workers = split_workers(m, m * out.size // 16)
     if workers == 1:
