@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
+from . import kernels
 from .errors import CheckpointError, validate_spec
 
 # Parameters that L2 decay should leave alone when ``decay_bias_and_norm: false``:
@@ -194,18 +195,8 @@ class Adam(Optimizer):
 
     def update(self, p, g, slots, f, wd):
         s = self.spec
-        if wd and self.decoupled:
-            p *= f(1 - self.lr * wd)
-        elif wd:
-            g = g + f(wd) * p
-        m, v = slots["m"], slots["v"]
-        m += f(1 - s.beta1) * (g - m)
-        v *= f(s.beta2)
-        v += f(1 - s.beta2) * g * g
-        # Bias corrections undo the zero initialisation of m and v.
-        step_size = self.lr / (1 - s.beta1**self.steps)
-        denom = np.sqrt(v) / f(np.sqrt(1 - s.beta2**self.steps)) + f(s.eps)
-        p -= f(step_size) * m / denom
+        kernels.backend(p.dtype).adam_update(p, g, slots["m"], slots["v"], self.lr, s.beta1, s.beta2, s.eps,
+                                             self.steps, wd, self.decoupled)
 
 
 class AdamW(Adam):

@@ -306,6 +306,29 @@ def test_relu_fast_matches_reference():
     np.testing.assert_array_equal(NUMBA.relu_forward(view), reference.relu_forward(view))
 
 
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (0.1, False), (0.3, True)])
+def test_adam_update_fast_gives_the_reference_bits(weight_decay, decoupled):
+    rng = np.random.default_rng(7)
+    shape = (37, 11)  # odd sizes: the vectorised loop's remainder runs too
+    p1 = rng.standard_normal(shape).astype(np.float32)
+    p0, p2, m1, v1 = p1.copy(), p1.copy(), np.zeros_like(p1), np.zeros_like(p1)
+    m2, v2 = m1.copy(), v1.copy()
+    for step, lr in enumerate([1e-2, 3e-3, 1e-3, 5e-4], start=1):
+        g = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 3, size=shape)).astype(np.float32)
+        g[0, :3] = [0.0, -0.0, 1e-30]
+        args = (lr, 0.9, 0.999, 1e-8, step, weight_decay, decoupled)
+        NUMBA.adam_update(p1, g, m1, v1, *args)
+        reference.optim.adam_update(p2, g, m2, v2, *args)
+        for a, b in ((p1, p2), (m1, m2), (v1, v2)):
+            np.testing.assert_array_equal(a, b)
+    assert (p1 != p0).mean() > 0.9  # all but the zero-gradient weights moved
+    p3, m3, v3 = (a.T.copy().T for a in (p1, m1, v1))  # Fortran order: the reference's own path
+    assert not p3.flags.c_contiguous
+    NUMBA.adam_update(p3, g, m3, v3, *args)
+    reference.optim.adam_update(p1, g, m1, v1, *args)
+    np.testing.assert_array_equal(p3, p1)
+
+
 def test_selection_switches_paths_and_float64_uses_the_reference(fast_on):
     assert kernels.compiled_enabled() and kernels.kernel_path() == "numba"
     assert kernels.backend(np.float32) is NUMBA

@@ -50,6 +50,7 @@ KERNEL_NAMES = (
     "lstm_cell_backward",
     "gru_cell_forward",
     "gru_cell_backward",
+    "adam_update",
 )
 """What every kernel set provides."""
 

@@ -11,7 +11,7 @@ taken from the reference set.
 
 from __future__ import annotations
 
-from . import activations, batchnorm, conv, pooling, recurrent
+from . import activations, batchnorm, conv, optim, pooling, recurrent
 
 DTYPES = ("float32",)
 """The array types the compiled kernels are written for."""
@@ -19,6 +19,6 @@ DTYPES = ("float32",)
 CONV_LAYOUT = "rows"
 """Convolutions run their GEMMs channels last here: the compiled im2row copies well (NumPy's does not)."""
 
-KERNELS = {name: getattr(module, name) for module in (conv, pooling, batchnorm, activations, recurrent)
+KERNELS = {name: getattr(module, name) for module in (conv, pooling, batchnorm, activations, recurrent, optim)
            for name in module.__all__ if hasattr(module, name)}
 """Kernel name -> compiled function."""

@@ -8,7 +8,7 @@ from here, stay the definitions.
 
 from __future__ import annotations
 
-from . import activations, batchnorm, conv, pooling, recurrent
+from . import activations, batchnorm, conv, optim, pooling, recurrent
 from .activations import relu_backward, relu_forward
 from .batchnorm import batchnorm_affine, batchnorm_backward, batchnorm_stats
 from .conv import channels_major, col2im, im2col, im2row, images_to_rows, row2im, rows_to_images, samples_major
@@ -43,6 +43,7 @@ KERNELS = {
     "lstm_cell_backward": recurrent.lstm_cell_backward,
     "gru_cell_forward": recurrent.gru_cell_forward,
     "gru_cell_backward": recurrent.gru_cell_backward,
+    "adam_update": optim.adam_update,
 }
 
 __all__ = ["KERNELS", "avg_pool_backward", "avg_pool_forward", "batchnorm_affine", "batchnorm_backward",
