@@ -123,8 +123,9 @@ def test_layers_count_what_they_keep_for_backward():
     lstm = built([{"type": "lstm", "units": u, "return_sequences": True}], [t, f]).layers[0]
     gru = built([{"type": "gru", "units": u}], [t, f]).layers[0]
     lstm.input_grad = True
-    # xs (with a column of ones for the bias), gates, h, dh_out, dx, then c, tanh_c, da, dh_next, dc
-    assert lstm.cache_bytes(n) == n * 4 * (t * (f + 1) + t * 4 * u + (t + 1) * u + t * u + t * f
+    # xh (xs, a column of ones for the bias, room for h_{t-1}), gates, h, dh_out, dx, then c, tanh_c, da,
+    # dh_next, dc
+    assert lstm.cache_bytes(n) == n * 4 * (t * (f + 1 + u) + t * 4 * u + (t + 1) * u + t * u + t * f
                                            + (t + 1) * u + t * u + t * 4 * u + 2 * u)
     gru.input_grad = False  # a first layer: no dx
     assert gru.cache_bytes(n) == n * 4 * (t * (f + 1) + t * 3 * u + (t + 1) * u + u + t * u + 2 * t * 3 * u + 2 * u)

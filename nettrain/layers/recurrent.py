@@ -117,11 +117,20 @@ class Recurrent(Layer):
         n, steps, features = x.shape
         # time-major copy: per-step slices are contiguous, and it is reused by backward. A column of
         # ones after the features carries the bias through the GEMM (and its gradient through the
-        # kernel's), which saves two passes over the (T*N, G*U) gates
-        xs = self.work("xs", (steps, n, features + 1))
+        # kernel's), which saves two passes over the (T*N, G*U) gates. Each row has room after them
+        # for the hidden state the step starts from: where one gradient reaches both projections
+        # (shared_projection_grad), the training scan copies h_{t-1} there, and backward takes the
+        # gradients of kernel, bias and recurrent kernel by one GEMM over [x_t, 1, h_{t-1}]
+        xh = self.work("xh", (steps, n, features + 1 + self.spec.units * self.shared_projection_grad))
+        xs = xh[:, :, : features + 1]
         np.copyto(xs[:, :, :features], x.transpose(1, 0, 2))
         xs[:, :, features] = 1
-        self._xs = xs.reshape(steps * n, features + 1)
+        self._xh = xh
+        self._xs = xs.reshape(steps * n, features + 1)  # a view: rows of xh
+        self._h_rows = None
+        if training and self.shared_projection_grad:
+            self._h_rows = xh[:, :, features + 1 :]
+            self._h_rows[0] = 0
         kernel_and_bias = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
         kernel_and_bias[:features], kernel_and_bias[features] = self.params["kernel"], self.params["bias"]
         if not training and self.projecting_scan:
@@ -151,14 +160,20 @@ class Recurrent(Layer):
             zero[...] = 0
             dh_out = [zero] * (steps - 1) + [np.ascontiguousarray(dy)]
         dxw, dhw = self.scan_backward(dh_out)
+        shared = dxw is dhw and self._h_rows is not None
         dxw = dxw.reshape(steps * n, -1)
-        h_prev = self._h[:-1].reshape(steps * n, units)
         features = self.in_shape[1]
-        grads = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
-        kernels.matmul_tn(self._xs, dxw, grads)
+        if shared:  # one GEMM (see forward)
+            grads = kernels.scratch("projection_grads", (self._xh.shape[-1], self.width), self.dtype)
+            kernels.matmul_tn(self._xh.reshape(steps * n, -1), dxw, grads)
+            self.grad_buffer("recurrent_kernel")[...] = grads[features + 1 :]
+        else:
+            grads = kernels.scratch("projection_grads", (features + 1, self.width), self.dtype)
+            kernels.matmul_tn(self._xs, dxw, grads)
+            h_prev = self._h[:-1].reshape(steps * n, units)
+            kernels.matmul_tn(h_prev, dhw.reshape(steps * n, -1), self.grad_buffer("recurrent_kernel"))
         self.grad_buffer("kernel")[...] = grads[:features]
         self.grad_buffer("bias")[...] = grads[features]
-        kernels.matmul_tn(h_prev, dhw.reshape(steps * n, -1), self.grad_buffer("recurrent_kernel"))
         self.store_extra_grads(dhw)
         if not self.input_grad:
             return None
@@ -170,7 +185,7 @@ class Recurrent(Layer):
         from step to step (:meth:`work`): the cell's own states and the backward's work arrays."""
         steps, features = self.in_shape
         units = self.spec.units
-        per_sample = (steps * (features + 1)  # xs, with its column of ones
+        per_sample = (steps * (features + 1 + units * self.shared_projection_grad)  # xh: xs, ones, h_{t-1}
                       + steps * self.width  # gates (activated in place, kept for backward)
                       + (steps + 1) * units  # h
                       + (steps * units if self.spec.return_sequences else units)  # dh_out
@@ -181,8 +196,10 @@ class Recurrent(Layer):
     def backward_bytes(self, batch: int, workers: int) -> int:
         """The gradients, and the per-thread partial sums of the larger kernel's gradient."""
         rows = batch * self.in_shape[0]
-        partials = max(kernels.matmul_tn_partials_bytes(rows, self.params[k].size, self.params[k].itemsize, workers)
-                       for k in ("kernel", "recurrent_kernel"))
+        sizes = [self.params[k].size for k in ("kernel", "recurrent_kernel")]
+        if self.shared_projection_grad:
+            sizes.append((self.in_shape[1] + 1 + self.spec.units) * self.width)
+        partials = max(kernels.matmul_tn_partials_bytes(rows, size, self.dtype.itemsize, workers) for size in sizes)
         return super().backward_bytes(batch, workers) + partials
 
     def cell_state_values(self, steps: int) -> int:
@@ -222,11 +239,21 @@ class Recurrent(Layer):
     def store_extra_grads(self, dhw: np.ndarray) -> None:
         pass
 
+    def keep_h_row(self, h: np.ndarray, t: int, a: int, b: int) -> None:
+        """Copy rows ``a:b`` of the hidden state ``h[t]`` into ``xh`` as the state step ``t`` starts from,
+        while they are in cache (training, :attr:`shared_projection_grad`)."""
+        if self._h_rows is not None and t < len(self._h_rows):
+            np.copyto(self._h_rows[t, a:b], h[t, a:b])
+
     def initial_state(self, name: str, n: int, steps: int) -> np.ndarray:
         """States ``(T+1, N, U)``; ``[0]`` is the zero initial state."""
         h = self.work(name, (steps + 1, n, self.spec.units))
         h[0] = 0
         return h
+
+    shared_projection_grad: ClassVar[bool] = False
+    """Whether :meth:`scan_backward` returns one array as the gradient of both projections; then the
+    training :meth:`scan` copies each h_{t-1} into ``self._h_rows[t]`` when that is not None."""
 
     projecting_scan: ClassVar[bool] = False
     """Whether the eval forward runs :meth:`scan_projecting` instead of one input GEMM and :meth:`scan`."""
@@ -257,6 +284,7 @@ class SimpleRNN(Recurrent):
         type: Literal["simple_rnn"] = "simple_rnn"
 
     gates = 1
+    shared_projection_grad = True
 
     def scan(self, gates):
         ops = kernels.backend(self.dtype)
@@ -269,6 +297,7 @@ class SimpleRNN(Recurrent):
             for t in range(steps):
                 np.matmul(h[t, a:b], recurrent, out=hr)
                 ops.rnn_cell_forward(gates[t, a:b], hr, h[t + 1, a:b])
+                self.keep_h_row(h, t + 1, a, b)
 
         kernels.over_batch(run, n, gates.size)
         return h
@@ -306,6 +335,7 @@ class LSTM(Recurrent):
         unit_forget_bias: bool = True
 
     gates = 4
+    shared_projection_grad = True
 
     def initial_bias(self, units, rng):
         bias = super().initial_bias(units, rng)
@@ -326,6 +356,7 @@ class LSTM(Recurrent):
             for t in range(steps):
                 np.matmul(h[t, a:b], recurrent, out=hr)
                 ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
+                self.keep_h_row(h, t + 1, a, b)
 
         kernels.over_batch(run, n, gates.size)
         self._c, self._acts, self._tanh_c = c, gates, tanh_c
