@@ -19,6 +19,10 @@ round over the cases, so that a busy spell hits all of them), and the table give
 median ratios, their ranges, and each framework's spread between runs: (max - min) / median
 of its training img/s.
 
+The nettrain worker keeps freed memory for reuse as nettrain's CLI does (:mod:`nettrain.heap`);
+PyTorch runs with glibc's defaults, as a plain ``python`` script does, unless
+``--torch-keeps-memory`` gives it the same settings.
+
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: torch==2.13.0).
 """
 
@@ -172,6 +176,10 @@ def worker_main(args) -> None:
     from nettrain.config import load_config
 
     config = load_config(config_path(args.config))
+    if args.worker == "nettrain" or args.torch_keeps_memory:
+        from nettrain.heap import keep_freed_memory
+
+        keep_freed_memory()  # what the CLI does
     if args.worker == "torch":
         worker = TorchWorker(config, args.batch_size, args.seed, args.threads)
     else:
@@ -209,6 +217,8 @@ class Worker:
                    str(args.batch_size), "--seed", str(args.seed), "--threads", str(args.threads)]
         if args.use_fast is not None:
             command.append("--fast" if args.use_fast else "--no-fast")
+        if args.torch_keeps_memory:
+            command.append("--torch-keeps-memory")
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=ROOT)
         self.info = self._read()
@@ -365,6 +375,8 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--fast", dest="use_fast", action="store_true", default=None, help="nettrain with numba")
     parser.add_argument("--no-fast", dest="use_fast", action="store_false", help="nettrain with NumPy only")
+    parser.add_argument("--torch-keeps-memory", action="store_true",
+                        help="run PyTorch with the malloc settings nettrain's CLI uses (nettrain.heap) too")
     parser.add_argument("--worker", choices=("nettrain", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

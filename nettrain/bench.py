@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import kernels
+from . import heap, kernels
 from .errors import NettrainError
 from .kernels import chunk_workers
 from .model import Model
@@ -236,6 +236,7 @@ def benchmark(
         "kernels": path,
         "threads": chunk_workers(),
         "blas_threads": blas_threads(),
+        "keeps_freed_memory": heap.active,
         "params": model.param_count(),
         "train_img_per_s": batch_size / train_s,
         "train_step_ms": 1e3 * train_s,

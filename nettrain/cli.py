@@ -20,6 +20,7 @@ from .commands import bench as bench_commands, evaluation as evaluation_commands
 from .commands import export as export_commands, runs as runs_commands, sweep as sweep_commands
 from .distributed.launch import is_parallel_launch
 from .distributed.supervise import supervise
+from .heap import keep_freed_memory
 
 # Placeholders for options whose name does not say what they take.
 METAVARS = {"set_": "KEY=VALUE"}
@@ -320,6 +321,7 @@ def limit_blas_threads() -> None:
 def main() -> None:
     supervise()  # under mpiexec: a watcher that names a rank killed by a signal
     limit_blas_threads()
+    keep_freed_memory()
     app()
 
 

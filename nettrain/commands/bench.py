@@ -72,7 +72,8 @@ def print_bench(result) -> None:
     layout = result.get("layout") or f"threads: {result['threads']}"  # ranks x threads under mpiexec
     peak_on = result.get("sgemm_peak_on") or f"{result['threads']} threads"
     for line in (
-        f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}), batch {result['batch_size']}, "
+        f"kernels: {result['kernels']}, {layout} (BLAS {result['blas_threads']}"
+        f"{', freed memory kept' if result.get('keeps_freed_memory') else ''}), batch {result['batch_size']}, "
         f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",

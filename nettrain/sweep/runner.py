@@ -100,7 +100,10 @@ def _run_dir_of(checkpoint, default: Path) -> Path:
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """One trial: validate the sampled config like ``--set``, then train (or continue) it."""
     os.environ["NETTRAIN_THREADS"] = str(setup.threads)
+    from ..heap import keep_freed_memory
     from ..training import train
+
+    keep_freed_memory()  # as the CLI does
 
     trial = tune.get_context().get_trial_id()
     run_dir = _run_dir_of(tune.get_checkpoint(), Path(setup.trials_dir) / trial)
