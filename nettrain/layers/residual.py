@@ -169,7 +169,7 @@ class Residual(Layer):
             if self.spec.shortcut == "zero_pad":
                 s, (before, after) = self.stride, self.channel_pad
                 dx[:, :, ::s, ::s] += dy[:, before : dy.shape[1] - after]
-            else:
-                dx += self._shortcut_backward(dy)
+            else:  # the sum kernel, split over the worker threads
+                kernels.backend(dx.dtype).residual_add(dx, self._shortcut_backward(dy), out=dx)
             return dx
         return dx + self._shortcut_backward(dy)
