@@ -239,11 +239,11 @@ class Recurrent(Layer):
     def store_extra_grads(self, dhw: np.ndarray) -> None:
         pass
 
-    def keep_h_row(self, h: np.ndarray, t: int, a: int, b: int) -> None:
-        """Copy rows ``a:b`` of the hidden state ``h[t]`` into ``xh`` as the state step ``t`` starts from,
-        while they are in cache (training, :attr:`shared_projection_grad`)."""
-        if self._h_rows is not None and t < len(self._h_rows):
-            np.copyto(self._h_rows[t, a:b], h[t, a:b])
+    def keep_h_rows(self, h: np.ndarray, a: int, b: int) -> None:
+        """Copy batch rows ``a:b`` of the hidden states ``h[1:T]`` into ``xh``, each as the state its next
+        step starts from (training, :attr:`shared_projection_grad`): one copy per thread and scan."""
+        if self._h_rows is not None:
+            np.copyto(self._h_rows[1:, a:b], h[1 : len(self._h_rows), a:b])
 
     def initial_state(self, name: str, n: int, steps: int) -> np.ndarray:
         """States ``(T+1, N, U)``; ``[0]`` is the zero initial state."""
@@ -253,7 +253,8 @@ class Recurrent(Layer):
 
     shared_projection_grad: ClassVar[bool] = False
     """Whether :meth:`scan_backward` returns one array as the gradient of both projections; then the
-    training :meth:`scan` copies each h_{t-1} into ``self._h_rows[t]`` when that is not None."""
+    training :meth:`scan` copies each h_{t-1} into ``self._h_rows[t]`` when that is not None
+    (:meth:`keep_h_rows`)."""
 
     projecting_scan: ClassVar[bool] = False
     """Whether the eval forward runs :meth:`scan_projecting` instead of one input GEMM and :meth:`scan`."""
@@ -297,7 +298,7 @@ class SimpleRNN(Recurrent):
             for t in range(steps):
                 np.matmul(h[t, a:b], recurrent, out=hr)
                 ops.rnn_cell_forward(gates[t, a:b], hr, h[t + 1, a:b])
-                self.keep_h_row(h, t + 1, a, b)
+            self.keep_h_rows(h, a, b)
 
         kernels.over_batch(run, n, gates.size)
         return h
@@ -356,7 +357,7 @@ class LSTM(Recurrent):
             for t in range(steps):
                 np.matmul(h[t, a:b], recurrent, out=hr)
                 ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
-                self.keep_h_row(h, t + 1, a, b)
+            self.keep_h_rows(h, a, b)
 
         kernels.over_batch(run, n, gates.size)
         self._c, self._acts, self._tanh_c = c, gates, tanh_c
