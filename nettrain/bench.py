@@ -50,6 +50,15 @@ def peak_rss_mib() -> float | None:
     return peak / (1024 * 1024) if os.uname().sysname == "Darwin" else peak / 1024
 
 
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def blas_threads() -> int:
     """Threads the BLAS may use: asked of the loaded OpenBLAS when possible, else the environment, else the CPUs."""
     from .kernels import blas
@@ -178,7 +187,8 @@ def benchmark(
 
     Keys: ``config``, ``batch_size``, ``steps``, ``warmup``, ``kernels`` (numba or
     numpy), ``threads`` (nettrain's worker threads), ``blas_threads``, ``params``, ``train_img_per_s``, ``train_step_ms``,
-    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mib``, ``peak_traced_mib`` (None without
+    ``forward_img_per_s``, ``forward_ms``, ``peak_rss_mib``, ``page_faults_per_step`` (minor faults of the
+    timed training steps: pages the OS hands over afresh, see :mod:`nettrain.heap`), ``peak_traced_mib`` (None without
     warm-up steps), ``estimated_mib``, ``layers`` (rows of :meth:`LayerTimer.rows` with the GFLOP/s
     of :func:`flop_rates`) and that function's totals.
 
@@ -219,7 +229,9 @@ def benchmark(
         finally:
             if tracing:
                 tracemalloc.stop()
+        faults = minor_faults()
         train_times = _timed(train_step, steps)
+        faults = None if faults is None else (minor_faults() - faults) / steps
         forward = lambda: model.forward(x[shard], training=False)  # noqa: E731
         forward_times = _timed(forward, warmup + steps)[warmup:]
         layer_steps = layer_steps or min(steps, 5)
@@ -243,6 +255,7 @@ def benchmark(
         "forward_img_per_s": batch_size / forward_s,
         "forward_ms": 1e3 * forward_s,
         "peak_rss_mib": peak_rss_mib(),
+        "page_faults_per_step": faults,
         "peak_traced_mib": traced,
         "estimated_mib": summarize(model, len(range(batch_size)[shard]),
                                    config.train.optimizer).memory_mib["total_training"],

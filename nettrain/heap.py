@@ -34,8 +34,8 @@ USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP
 
 def user_tuned() -> bool:
     """Whether the environment sets glibc's malloc itself (left as it is then)."""
-    return any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES",
-                                                                                                     "")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc." in tunables
 
 
 def keep_freed_memory() -> bool:

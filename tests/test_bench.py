@@ -61,6 +61,7 @@ def test_benchmark_reports_throughput_memory_and_every_layer(cnn_config):
                 "peak_traced_mib", "estimated_mib"):
         assert result[key] > 0, key
     assert result["kernels"] == kernels.kernel_path()
+    assert result["page_faults_per_step"] >= 0  # None only where getrusage is missing
     assert result["batch_size"] == 4 and result["steps"] == 2
     model = build_model(config)
     assert result["params"] == model.param_count()

@@ -77,7 +77,9 @@ def print_bench(result) -> None:
         f"{_count(result['steps'], 'timed step')} after {_count(result['warmup'], 'warm-up step')}",
         f"train: {result['train_img_per_s']:,.1f} img/s ({result['train_step_ms']:.1f} ms/step)",
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
-        f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}",
+        f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}"
+        + ("" if result.get("page_faults_per_step") is None
+           else f"; {result['page_faults_per_step']:,.0f} page faults per training step"),
         f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
         f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
         f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {peak_on})",
