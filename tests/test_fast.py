@@ -94,6 +94,43 @@ def test_channels_last_layout_changes_match_the_reference(with_bias):
                                   reference.images_to_rows(y, np.empty((n * p, f), np.float32)))
 
 
+@pytest.mark.parametrize("g", GEOMETRIES, ids=lambda g: f"{g.in_chw}-k{g.kernel}-s{g.stride}-d{g.dilation}-p{g.pad}")
+def test_rows_between_convolutions_match_the_reference(g):
+    """The eval forward's channels-last kernels: padding GEMM rows (bias, ReLU) and the rows of a padded input."""
+    rng = np.random.default_rng(sum(g.in_chw) + sum(g.pad) + 2)
+    n, (c, h, w) = int(rng.integers(1, 4)), g.in_chw
+    z = rng.standard_normal((n * h * w, c)).astype(np.float32)
+    for bias, relu in ((rng.standard_normal(c).astype(np.float32), True), (None, False)):
+        shape = (n, *g.padded_hw, c)
+        xp = reference.pad_rows(z, bias, relu, g, np.empty(shape, np.float32))
+        np.testing.assert_array_equal(NUMBA.pad_rows(z, bias, relu, g, np.full(shape, np.nan, np.float32)), xp)
+        assert relu == (xp.min() == 0)
+    rows = (n * g.pixels, g.rows)
+    np.testing.assert_array_equal(NUMBA.padded_to_rows(xp, g, np.full(rows, np.nan, np.float32)),
+                                  reference.padded_to_rows(xp, g, np.empty(rows, np.float32)))
+    x = z.reshape(n, h, w, c).transpose(0, 3, 1, 2)  # the same input, NCHW: im2row must agree
+    np.testing.assert_array_equal(reference.padded_to_rows(xp, g, np.empty(rows, np.float32)),
+                                  reference.im2row(np.ascontiguousarray(x), g, np.empty(rows, np.float32)))
+
+
+@pytest.mark.parametrize("stride,offset,channels", [(1, 0, 5), (2, 1, 3), (2, 0, 5), (3, 2, 2)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_store_with_a_residual_sum_matches_the_reference(stride, offset, channels, relu):
+    rng = np.random.default_rng(stride + offset)
+    n, f, oh, ow = 2, 5, 3, 4
+    z = rng.standard_normal((n * oh * ow, f)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    shortcut = rng.standard_normal((n, channels, oh * stride - stride + 1, ow * stride)).astype(np.float32)
+    expect = reference.rows_to_images_add(z, bias, shortcut, stride, offset, relu, np.empty((n, f, oh * ow), np.float32))
+    got = NUMBA.rows_to_images_add(z, bias, shortcut, stride, offset, relu, np.full((n, f, oh * ow), np.nan, np.float32))
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+    plain = reference.rows_to_images(z, bias, np.empty((n, f, oh * ow), np.float32), relu)
+    assert not np.allclose(expect, plain)  # the shortcut was added
+    np.testing.assert_array_equal(
+        NUMBA.rows_to_images_add(z, None, None, 1, 0, relu, np.empty((n, f, oh * ow), np.float32)),
+        reference.rows_to_images(z, None, np.empty((n, f, oh * ow), np.float32), relu))
+
+
 CHANNELS_LAST_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
     ((3, 16, 9, 9), 16, (3, 3), (1, 1), "same", (1, 1)),  # ResNet-like, odd size
     ((2, 8, 8, 8), 12, (3, 3), (2, 2), "same", (1, 1)),  # downsampling: asymmetric same padding

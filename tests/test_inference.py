@@ -130,6 +130,24 @@ def test_fused_eval_forward_equals_the_layer_by_layer_pass(name, kernel_set):
     np.testing.assert_array_equal(x, batch(model))  # the input is never written over
 
 
+def test_basic_blocks_keep_channels_last_between_their_convolutions(kernel_set, monkeypatch):
+    """On a channels-last kernel set the identity, zero-pad and projection blocks run both convolutions
+    with the rows in between (the tanh block does not: its activation is not a ReLU); same result."""
+    from nettrain.layers import inference
+
+    monkeypatch.setenv("NETTRAIN_THREADS", "1")  # one slice of the batch: one call per block
+    calls = []
+    through = kernels.conv2d_forward_from_rows
+    monkeypatch.setattr(kernels, "conv2d_forward_from_rows", lambda *a, **k: calls.append(a) or through(*a, **k))
+    model = built("resnet_blocks")
+    x = batch(model)
+    got = model.forward(x, training=False)
+    assert len(calls) == (3 if kernels.backend(np.float32).conv_layout == "rows" else 0)
+    np.testing.assert_allclose(got, layer_by_layer(model, x), rtol=1e-4, atol=1e-5)
+    tanh_block = model.layers[3]
+    assert inference.residual_channels_last(tanh_block, np.zeros((1, 16, 2, 2), np.float32)) is None
+
+
 def test_fused_eval_forward_matches_float64_within_float32_rounding(kernel_set):
     model = built("resnet_blocks")
     x = batch(model)

@@ -246,6 +246,53 @@ def _backward_rows(
     return dx, np.ascontiguousarray(dkernel), dbs.sum(axis=0) if with_bias else None
 
 
+# -- eval, channels last between two convolutions ----------------------------------------
+def conv2d_forward_to_rows(x: np.ndarray, kernel: np.ndarray, g: ConvGeometry, ops) -> np.ndarray:
+    """(N, C, H, W) -> the convolution's GEMM output as it is, (N*OH*OW, F) channels last and without a
+    bias: the input of :func:`conv2d_forward_from_rows`, which applies the bias and ReLU in its copy.
+
+    For a channels-last kernel set (:func:`channels_last`); the eval forward of a residual block.
+    """
+    n, f = x.shape[0], kernel.shape[0]
+    wr = kernel_rows(kernel)
+    z = np.empty((n * g.pixels, f), dtype=x.dtype)
+
+    def work(_, chunks):
+        for n0, n1 in chunks:
+            rows = ops.im2row(x[n0:n1], g, scratch("cols", ((n1 - n0) * g.pixels, g.rows), x.dtype))
+            np.matmul(rows, wr, out=z[n0 * g.pixels : n1 * g.pixels])
+
+    _run_forward(work, n, g.rows * g.pixels * x.itemsize * ROWS_CHUNK_FACTOR, None)
+    return z
+
+
+def conv2d_forward_from_rows(z_in: np.ndarray, in_bias: np.ndarray | None, in_relu: bool, kernel: np.ndarray,
+                             bias: np.ndarray | None, g: ConvGeometry, ops, shortcut: np.ndarray | None = None,
+                             stride: int = 1, offset: int = 0, relu: bool = False) -> np.ndarray:
+    """Rows ``z_in`` (N*H*W, C) from :func:`conv2d_forward_to_rows` -> (N, F, OH, OW).
+
+    The copy that pads the input adds ``in_bias`` and applies ``in_relu`` (the convolution before's
+    own), and the store adds ``shortcut`` (N, C', h, w; subsampled by ``stride``, into channels
+    ``offset`` on, as ``residual_add`` does) before ``relu``: no pass of its own for either.
+    """
+    c, (h, w) = z_in.shape[1], g.in_chw[1:]
+    n, f = z_in.shape[0] // (h * w), kernel.shape[0]
+    wr = kernel_rows(kernel)
+    y = np.empty((n, f, g.pixels), dtype=z_in.dtype)
+
+    def work(_, chunks):
+        for n0, n1 in chunks:
+            m = n1 - n0
+            xp = ops.pad_rows(z_in[n0 * h * w : n1 * h * w], in_bias, in_relu, g,
+                              scratch("nhwc", (m, *g.padded_hw, c), z_in.dtype))
+            rows = ops.padded_to_rows(xp, g, scratch("cols", (m * g.pixels, g.rows), z_in.dtype))
+            z = np.matmul(rows, wr, out=scratch("gemm", (m * g.pixels, f), z_in.dtype))
+            ops.rows_to_images_add(z, bias, _chunk(shortcut, n0, n1), stride, offset, relu, y[n0:n1])
+
+    _run_forward(work, n, g.rows * g.pixels * z_in.itemsize * ROWS_CHUNK_FACTOR, None)
+    return y.reshape(n, f, *g.out_hw)
+
+
 # -- matrix products ---------------------------------------------------------------
 # The products run as row blocks on the worker threads, each with a one-thread BLAS, never on the
 # BLAS's own threads: after a threaded call OpenBLAS's idle threads spin for about 2**28 cycles

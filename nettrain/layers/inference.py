@@ -9,7 +9,10 @@ a convolution (or a dense layer) without an activation of its own, it folds into
 so the BatchNorm pass disappears. A ReLU right after (a ``relu`` layer, or the layer's own
 ``activation: relu``) is applied by the pass that moves each batch chunk of the convolution's
 GEMM output into place, so it costs no pass of its own. A residual block adds its shortcut into
-its body's output in place and applies its ReLU in the same pass (:mod:`.residual`). Nothing is kept for a backward pass.
+its body's output in place and applies its ReLU in the same pass (:mod:`.residual`); on a
+channels-last kernel set ResNet's basic block keeps the rows of its first convolution's GEMM as
+they are and adds the shortcut in the second's store (:func:`residual_channels_last`). Nothing is
+kept for a backward pass.
 
 The folded weights are computed again at every forward pass rather than cached: the fold reads
 the weights once (ResNet-20's 19 folds take about 0.4 ms, against about 250 ms for a forward pass
@@ -140,6 +143,42 @@ def plan(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.ndarray
     if activation is not None:
         used += 1
     return Fused(layer, bn, activation), used
+
+
+def residual_channels_last(block, x: np.ndarray) -> np.ndarray | None:
+    """A residual block's eval forward with the activations between its two convolutions left channels
+    last, or None where it does not apply (then the block runs its body as any other sequence).
+
+    Applies to ResNet's basic block, ``conv (+BN) + ReLU, conv (+BN)`` and a ReLU after the sum, on a
+    channels-last kernel set: the first convolution's GEMM output stays as it is (no store into NCHW,
+    no ReLU pass), the second pads it adding the first's bias and ReLU on the way, and its store adds
+    the shortcut and applies the block's ReLU (no residual pass). Measured on ResNet-20's eval forward
+    of 128 images, 1 thread: the copies and stores around the GEMMs 62-64 ms against 79, the pass
+    214 / 209 / 208 / 226 ms against 231 / 213 / 225 / 238 (benchmarks/README.md, round five).
+    """
+    ops = kernels.backend(x.dtype)
+    if x.ndim != 4 or not block.act.is_relu or getattr(ops, "conv_layout", "columns") != "rows":
+        return None
+    layers, steps, i = block.body_layers, [], 0
+    while i < len(layers):
+        step, used = plan(layers, i)
+        steps.append(step)
+        i += used
+    if len(steps) != 2 or not all(isinstance(s, Fused) and isinstance(s.layer, Conv2D) for s in steps):
+        return None
+    first, second = steps
+    if first.activation != "relu" or second.activation is not None:
+        return None
+    g1, g2 = first.layer.geometry, second.layer.geometry
+    if not (kernels.channels_last(g1, ops) and kernels.channels_last(g2, ops)):
+        return None
+    x = np.ascontiguousarray(x)
+    kernel1, bias1 = folded_weights(first.layer, first.bn, x.dtype)
+    z = kernels.conv2d_forward_to_rows(x, kernel1, g1, ops)
+    kernel2, bias2 = folded_weights(second.layer, second.bn, x.dtype)
+    shortcut, stride, offset = block._shortcut_operand(x, False)
+    return kernels.conv2d_forward_from_rows(z, bias1, True, kernel2, bias2, g2, ops, shortcut, stride, offset,
+                                            relu=True)
 
 
 SAMPLE_SPLIT_BYTES = 4 << 20

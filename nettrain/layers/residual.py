@@ -21,6 +21,7 @@ from .activations import ActivationName, FusedActivation
 from .base import Layer, LayerSpec, format_shape, register
 from .container import Sequential
 from .conv import Conv2D
+from .inference import residual_channels_last
 from .norm import BatchNorm
 
 if TYPE_CHECKING:  # the real type is bound in layers/__init__.py once every layer is registered
@@ -148,6 +149,10 @@ class Residual(Layer):
 
     def forward(self, x, training=False):
         self.body.forward_hook = self.shortcut.forward_hook = self.forward_hook
+        if not training and self.forward_hook is None:
+            y = residual_channels_last(self, x)
+            if y is not None:
+                return y
         body = self.body.forward(x, training)
         shortcut, stride, offset = self._shortcut_operand(x, training)
         relu = self.act.is_relu

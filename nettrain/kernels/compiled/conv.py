@@ -13,7 +13,7 @@ from ..pool import scratch
 from .jit import jit
 
 __all__ = ["im2col", "col2im", "samples_major", "channels_major", "im2row", "row2im", "rows_to_images",
-           "images_to_rows"]
+           "images_to_rows", "pad_rows", "padded_to_rows", "rows_to_images_add"]
 
 
 @jit(inline="always")
@@ -336,4 +336,80 @@ def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = Non
     """(n, F, P) -> (n*P, F); with ``mask``, ``y * (mask > 0)``."""
     y = np.ascontiguousarray(y)
     _images_to_rows(y, y if mask is None else np.ascontiguousarray(mask), mask is not None, out)
+    return out
+
+
+# -- eval, channels last between the two convolutions of a residual block ------------------
+@jit
+def _pad_rows(z, bias, use_bias, relu, h, w, pt, pl, xp):
+    """z (n*h*w, C) plus bias, rectified -> the middle of xp (n, Hp, Wp, C); zeros around it."""
+    n, hp, wp, c = xp.shape
+    zf, pf = z.reshape(-1), xp.reshape(-1)
+    for s in range(n):
+        img = s * hp * wp * c
+        _zero(pf, img, img + pt * wp * c)
+        _zero(pf, img + (pt + h) * wp * c, img + hp * wp * c)
+        for a in range(h):
+            row = img + (pt + a) * wp * c
+            _zero(pf, row, row + pl * c)
+            _zero(pf, row + (pl + w) * c, row + wp * c)
+            src0 = np.uint64((s * h + a) * w * c)
+            dst0 = np.uint64(row + pl * c)
+            for b in range(np.uint64(w)):
+                src, dst = src0 + b * np.uint64(c), dst0 + b * np.uint64(c)
+                for k in range(np.uint64(c)):
+                    v = zf[src + k] + (bias[k] if use_bias else 0)
+                    pf[dst + k] = (0 if v < 0 else v) if relu else v
+
+
+@jit
+def _rows_to_images_add(z, bias, use_bias, shortcut, added, stride, offset, ow, relu, out):
+    n, f, p = out.shape
+    cs, sh, sw = shortcut.shape[1], shortcut.shape[2], shortcut.shape[3]
+    zf, sf, of = z.reshape(-1), shortcut.reshape(-1), out.reshape(-1)
+    uf, ust = np.uint64(f), np.uint64(stride)
+    for t in range(n * f):
+        s = t // f
+        k = t % f
+        b = bias[k] if use_bias else 0
+        src = np.uint64(s * p * f + k)
+        dst = np.uint64(t * p)
+        kk = k - offset
+        if added and kk >= 0 and kk < cs:
+            for a in range(p // ow):
+                srow = np.uint64(((s * cs + kk) * sh + a * stride) * sw)
+                e0 = np.uint64(a * ow)
+                for q in range(np.uint64(ow)):
+                    v = zf[src + (e0 + q) * uf] + b + sf[srow + q * ust]
+                    of[dst + e0 + q] = (0 if v < 0 else v) if relu else v
+        else:
+            for e in range(np.uint64(p)):
+                v = zf[src + e * uf] + b
+                of[dst + e] = (0 if v < 0 else v) if relu else v
+
+
+def pad_rows(z: np.ndarray, bias: np.ndarray | None, relu: bool, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """See :func:`nettrain.kernels.reference.pad_rows`."""
+    use_bias = bias is not None
+    _pad_rows(np.ascontiguousarray(z), bias if use_bias else z[0], use_bias, relu, *g.in_chw[1:], g.pad[0],
+              g.pad[2], out)
+    return out
+
+
+def padded_to_rows(xp: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """See :func:`nettrain.kernels.reference.padded_to_rows`."""
+    _rows_and_padded(xp, *g.kernel, *g.stride, *g.dilation, *g.out_hw, out, True)
+    return out
+
+
+def rows_to_images_add(z: np.ndarray, bias: np.ndarray | None, shortcut: np.ndarray | None, stride: int,
+                       offset: int, relu: bool, out: np.ndarray) -> np.ndarray:
+    """See :func:`nettrain.kernels.reference.rows_to_images_add`."""
+    use_bias, added = bias is not None, shortcut is not None
+    if added:
+        shortcut = np.ascontiguousarray(shortcut)
+        ow = -(-shortcut.shape[3] // stride)  # the subsampled shortcut's width: out's
+    else:
+        shortcut, ow = out.reshape(*out.shape[:2], 1, -1), 1
+    _rows_to_images_add(z, bias if use_bias else z[0], use_bias, shortcut, added, stride, offset, ow, relu, out)
     return out

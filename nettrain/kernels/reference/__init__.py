@@ -11,7 +11,8 @@ from __future__ import annotations
 from . import activations, batchnorm, conv, optim, pooling, recurrent
 from .activations import relu_backward, relu_forward
 from .batchnorm import batchnorm_affine, batchnorm_backward, batchnorm_stats
-from .conv import channels_major, col2im, im2col, im2row, images_to_rows, row2im, rows_to_images, samples_major
+from .conv import (channels_major, col2im, im2col, im2row, images_to_rows, pad_rows, padded_to_rows, row2im,
+                   rows_to_images, rows_to_images_add, samples_major)
 from .pooling import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward, window_counts
 from .recurrent import (gru_cell_backward, gru_cell_forward, lstm_cell_backward, lstm_cell_forward,
                         rnn_cell_backward, rnn_cell_forward, sigmoid_)
@@ -25,6 +26,9 @@ KERNELS = {
     "row2im": conv.row2im,
     "rows_to_images": conv.rows_to_images,
     "images_to_rows": conv.images_to_rows,
+    "pad_rows": conv.pad_rows,
+    "padded_to_rows": conv.padded_to_rows,
+    "rows_to_images_add": conv.rows_to_images_add,
     "max_pool_forward": pooling.threaded_max_pool_forward,
     "max_pool_backward": pooling.threaded_max_pool_backward,
     "avg_pool_forward": pooling.threaded_avg_pool_forward,
@@ -47,7 +51,8 @@ KERNELS = {
 }
 
 __all__ = ["KERNELS", "avg_pool_backward", "avg_pool_forward", "batchnorm_affine", "batchnorm_backward",
-           "batchnorm_stats", "channels_major", "col2im", "gru_cell_backward", "gru_cell_forward", "im2col", "im2row",
-           "images_to_rows", "lstm_cell_backward", "lstm_cell_forward", "max_pool_backward", "max_pool_forward",
-           "relu_backward", "relu_forward", "rnn_cell_backward", "rnn_cell_forward", "row2im", "rows_to_images",
-           "samples_major", "sigmoid_", "window_counts"]
+           "batchnorm_stats", "channels_major", "col2im", "gru_cell_backward", "gru_cell_forward", "im2col",
+           "im2row", "images_to_rows", "lstm_cell_backward", "lstm_cell_forward", "max_pool_backward",
+           "max_pool_forward", "pad_rows", "padded_to_rows", "relu_backward", "relu_forward", "rnn_cell_backward",
+           "rnn_cell_forward", "row2im", "rows_to_images", "rows_to_images_add", "samples_major", "sigmoid_",
+           "window_counts"]

@@ -124,13 +124,8 @@ def im2row(x: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
     channels last: the GEMM layout that suits a BLAS best when F is small.
     """
     n, c = x.shape[:2]
-    kh, kw = g.kernel
     xp = pad_channels_last(x, g.pad, scratch("nhwc", (n, *g.padded_hw, c), x.dtype))
-    rows = out.reshape(n, *g.out_hw, kh, kw, c)
-    for i in range(kh):
-        for j in range(kw):
-            rows[:, :, :, i, j] = window_last(xp, i, j, g.stride, g.dilation, g.out_hw)
-    return out
+    return padded_to_rows(xp, g, out)
 
 
 def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
@@ -174,4 +169,45 @@ def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = Non
         out.reshape(n, p, f)[...] = y.transpose(0, 2, 1)
     else:
         np.multiply(y.transpose(0, 2, 1), mask.transpose(0, 2, 1) > 0, out=out.reshape(n, p, f))
+    return out
+
+
+# -- eval, channels last between the two convolutions of a residual block ------------------
+def pad_rows(z: np.ndarray, bias: np.ndarray | None, relu: bool, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Rows ``z`` (n*H*W, C) of a GEMM output (the input of geometry ``g``, channels last) -> the padded
+    input ``out`` (n, Hp, Wp, C): plus ``bias`` (C,) when there is one, rectified with ``relu``."""
+    n, c = out.shape[0], out.shape[3]
+    h, w = g.in_chw[1:]
+    top, bottom, left, right = g.pad
+    out[...] = 0
+    inner = out[:, top : top + h, left : left + w]
+    inner[...] = z.reshape(n, h, w, c)
+    if bias is not None:
+        inner += bias
+    if relu:
+        np.maximum(inner, 0, out=inner)
+    return out
+
+
+def padded_to_rows(xp: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
+    """Padded channels-last input ``xp`` (n, Hp, Wp, C) -> rows ``out`` (n*OH*OW, kh*kw*C); see :func:`im2row`."""
+    n, c = xp.shape[0], xp.shape[3]
+    kh, kw = g.kernel
+    rows = out.reshape(n, *g.out_hw, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            rows[:, :, :, i, j] = window_last(xp, i, j, g.stride, g.dilation, g.out_hw)
+    return out
+
+
+def rows_to_images_add(z: np.ndarray, bias: np.ndarray | None, shortcut: np.ndarray | None, stride: int,
+                       offset: int, relu: bool, out: np.ndarray) -> np.ndarray:
+    """:func:`rows_to_images` with a residual sum: ``shortcut`` (n, C, h, w) subsampled by ``stride`` is added to
+    channels ``offset`` to ``offset + C`` of ``out`` (n, F, P) before the ReLU (see ``residual_add``)."""
+    rows_to_images(z, bias, out, relu=False)
+    if shortcut is not None:
+        n, cs = shortcut.shape[:2]
+        out[:, offset : offset + cs] += shortcut[:, :, ::stride, ::stride].reshape(n, cs, -1)
+    if relu:
+        np.maximum(out, 0, out=out)
     return out
