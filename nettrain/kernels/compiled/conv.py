@@ -199,6 +199,17 @@ def channels_major(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = Non
 
 
 # -- the channels-last layout: one row of kh*kw*C values per output pixel ----------------
+@jit(inline="always")
+def _zero_border(pf, img, hp, wp, c, pt, pl, h, w):
+    """Zero the padding around an h x w image at (pt, pl) in channels-last ``pf[img:]`` (Hp, Wp, C)."""
+    _zero(pf, img, img + pt * wp * c)
+    _zero(pf, img + (pt + h) * wp * c, img + hp * wp * c)
+    for a in range(h):
+        row = img + (pt + a) * wp * c
+        _zero(pf, row, row + pl * c)
+        _zero(pf, row + (pl + w) * c, row + wp * c)
+
+
 @jit
 def _pad_channels_last(x, pt, pl, xp):
     """x (n, C, H, W) -> xp (n, Hp, Wp, C): the image at (pt, pl), zeros around it."""
@@ -207,12 +218,7 @@ def _pad_channels_last(x, pt, pl, xp):
     xf, pf = x.reshape(-1), xp.reshape(-1)
     for s in range(n):
         img = s * hp * wp * c
-        _zero(pf, img, img + pt * wp * c)
-        _zero(pf, img + (pt + h) * wp * c, img + hp * wp * c)
-        for a in range(h):
-            row = img + (pt + a) * wp * c
-            _zero(pf, row, row + pl * c)
-            _zero(pf, row + (pl + w) * c, row + wp * c)
+        _zero_border(pf, img, hp, wp, c, pt, pl, h, w)
         for ch in range(c):  # a strided store per channel plane
             src = (s * c + ch) * h * w
             for a in range(h):
@@ -347,12 +353,9 @@ def _pad_rows(z, bias, use_bias, relu, h, w, pt, pl, xp):
     zf, pf = z.reshape(-1), xp.reshape(-1)
     for s in range(n):
         img = s * hp * wp * c
-        _zero(pf, img, img + pt * wp * c)
-        _zero(pf, img + (pt + h) * wp * c, img + hp * wp * c)
+        _zero_border(pf, img, hp, wp, c, pt, pl, h, w)
         for a in range(h):
             row = img + (pt + a) * wp * c
-            _zero(pf, row, row + pl * c)
-            _zero(pf, row + (pl + w) * c, row + wp * c)
             src0 = np.uint64((s * h + a) * w * c)
             dst0 = np.uint64(row + pl * c)
             for b in range(np.uint64(w)):
