@@ -79,7 +79,7 @@ def print_bench(result) -> None:
         f"forward (eval): {result['forward_img_per_s']:,.1f} img/s ({result['forward_ms']:.1f} ms/batch)",
         f"peak memory (MiB): RSS {rss}, NumPy arrays {traced}, summarize's estimate {result['estimated_mib']:.1f}"
         + ("" if result.get("page_faults_per_step") is None
-           else f"; {result['page_faults_per_step']:,.0f} page faults per training step"),
+           else f"; {_count(round(result['page_faults_per_step']), 'page fault')} per training step"),
         f"compute: {result['train_gflops']:.1f} GFLOP/s in training, {result['forward_gflops']:.1f} in the forward "
         f"pass; {100 * result['peak_fraction']:.0f}% of this machine's sgemm peak "
         f"({result['sgemm_peak_gflops']:.0f} GFLOP/s on {peak_on})",
@@ -89,7 +89,7 @@ def print_bench(result) -> None:
 
 def _count(n: int, noun: str) -> str:
     """``1 timed step``, ``0 warm-up steps``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 
