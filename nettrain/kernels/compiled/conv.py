@@ -297,25 +297,6 @@ def row2im(rows: np.ndarray, g: ConvGeometry, out: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _rows_to_images(z, bias, use_bias, relu, out):
-    n, f, p = out.shape
-    zf = z.reshape(-1)
-    for t in range(n * f):
-        s = t // f
-        k = t % f
-        b = bias[k] if use_bias else 0
-        src = np.uint64(s * p * f + k)
-        dst = out[s, k]
-        if relu:
-            for e in range(np.uint64(p)):
-                v = zf[src + e * np.uint64(f)] + b
-                dst[e] = 0 if v < 0 else v
-        else:
-            for e in range(np.uint64(p)):
-                dst[e] = zf[src + e * np.uint64(f)] + b
-
-
-@jit
 def _images_to_rows(y, mask, masked, out):
     n, f, p = y.shape
     of = out.reshape(-1)
@@ -333,9 +314,7 @@ def _images_to_rows(y, mask, masked, out):
 
 def rows_to_images(z: np.ndarray, bias: np.ndarray | None, out: np.ndarray, relu: bool = False) -> np.ndarray:
     """(n*P, F) GEMM output plus ``bias`` -> NCHW chunk ``out`` (n, F, P), rectified with ``relu``."""
-    use_bias = bias is not None
-    _rows_to_images(z, bias if use_bias else z[0], use_bias, relu, out)
-    return out
+    return rows_to_images_add(z, bias, None, 1, 0, relu, out)  # the same store, with no sum
 
 
 def images_to_rows(y: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
