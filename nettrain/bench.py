@@ -39,24 +39,28 @@ from .model import Model
 from .training.step import NonFiniteStep, TrainStep
 
 
-def peak_rss_mib() -> float | None:
-    """Peak resident set size of this process so far, in MiB (None where the OS does not say)."""
+def _rusage():
+    """This process's resource usage so far (None where the OS does not say)."""
     try:
         import resource
     except ImportError:  # not on Unix
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return resource.getrusage(resource.RUSAGE_SELF)
+
+
+def peak_rss_mib() -> float | None:
+    """Peak resident set size of this process so far, in MiB (None where the OS does not say)."""
+    usage = _rusage()
+    if usage is None:
+        return None
     # Linux reports KiB, macOS bytes
-    return peak / (1024 * 1024) if os.uname().sysname == "Darwin" else peak / 1024
+    return usage.ru_maxrss / (1024 * 1024) if os.uname().sysname == "Darwin" else usage.ru_maxrss / 1024
 
 
 def minor_faults() -> int | None:
     """Minor page faults of this process so far (None where the OS does not say)."""
-    try:
-        import resource
-    except ImportError:  # not on Unix
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    usage = _rusage()
+    return None if usage is None else usage.ru_minflt
 
 
 def blas_threads() -> int:
