@@ -89,9 +89,18 @@ def test_channels_last_layout_changes_match_the_reference(with_bias):
     bias = rng.standard_normal(f).astype(np.float32) if with_bias else None
     expect = reference.rows_to_images(z, bias, np.empty((n, f, p), np.float32))
     np.testing.assert_array_equal(NUMBA.rows_to_images(z, bias, np.empty((n, f, p), np.float32)), expect)
+
+
+@pytest.mark.parametrize("n, f, p", [(3, 5, 7), (2, 16, 150), (1, 3, 64)])  # within, across and at a block of 64 pixels
+def test_images_to_rows_matches_the_reference_with_and_without_a_mask(n, f, p):
+    rng = np.random.default_rng(p)
     y = rng.standard_normal((n, f, p)).astype(np.float32)
-    np.testing.assert_array_equal(NUMBA.images_to_rows(y, np.empty((n * p, f), np.float32)),
-                                  reference.images_to_rows(y, np.empty((n * p, f), np.float32)))
+    y[0, 0, 0] = np.nan  # a NaN in the gradient stays NaN under the ReLU mask, as dy * (y > 0) keeps it
+    mask = np.maximum(rng.standard_normal((n, f, p)), 0).astype(np.float32)
+    mask[0, 0, 0] = 0
+    for m in (None, mask):
+        np.testing.assert_array_equal(NUMBA.images_to_rows(y, np.full((n * p, f), 7, np.float32), m),
+                                      reference.images_to_rows(y, np.empty((n * p, f), np.float32), m))
 
 
 @pytest.mark.parametrize("g", GEOMETRIES, ids=lambda g: f"{g.in_chw}-k{g.kernel}-s{g.stride}-d{g.dilation}-p{g.pad}")
