@@ -307,17 +307,18 @@ def _images_to_rows(y, mask, masked, out):
     of = out.reshape(-1)
     # a block of pixels at a time, a strided store per channel within it: channel by channel over
     # all p pixels the stores spread over the whole chunk, which took 3x as long at F=16
-    for t in range(n * ((p + _TILE - 1) // _TILE)):
-        s = t // ((p + _TILE - 1) // _TILE)
-        e0 = t % ((p + _TILE - 1) // _TILE) * _TILE
+    blocks = (p + _TILE - 1) // _TILE
+    for t in range(n * blocks):
+        s = t // blocks
+        e0 = t % blocks * _TILE
         length = min(_TILE, p - e0)
         for k in range(f):
             d0 = s * p * f + e0 * f + k
             if masked:
                 src, keep = y[s, k], mask[s, k]
-                b0, st = np.uint64(e0), np.uint64(f)
+                b0, d, st = np.uint64(e0), np.uint64(d0), np.uint64(f)
                 for e in range(np.uint64(length)):
-                    of[np.uint64(d0) + e * st] = src[b0 + e] * np.float32(keep[b0 + e] > 0)
+                    of[d + e * st] = src[b0 + e] * np.float32(keep[b0 + e] > 0)
             else:
                 _scatter(y[s, k], e0, of, d0, f, length)
 
