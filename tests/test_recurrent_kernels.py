@@ -149,6 +149,48 @@ def test_numpy_rnn_cell_follows_its_equation(n, u):
     np.testing.assert_allclose(got["da"], (case["dy"] + case["dh"]) * (1 - h**2), rtol=1e-12, atol=1e-12)
 
 
+def lstm_sequence(rng, steps, n, u, dtype):
+    """A forward pass by the plain equations and a backward's inputs: the scan kernels' arguments."""
+    recurrent = draw(rng, u, 4 * u, dtype=np.float64, scale=0.3)
+    c, h, acts, tanh_c = [np.zeros((n, u))], [np.zeros((n, u))], [], []
+    for _ in range(steps):
+        a, c_t, t_t, h_t = lstm_step(draw(rng, n, 4 * u, dtype=np.float64, scale=2), h[-1] @ recurrent, c[-1])
+        acts.append(a), c.append(c_t), tanh_c.append(t_t), h.append(h_t)
+    dh_out = [draw(rng, n, u, dtype=np.float64) for _ in range(steps)]
+    as_type = lambda arrays: np.stack(arrays).astype(dtype)  # noqa: E731
+    return dict(dh_out=list(as_type(dh_out)), acts=as_type(acts), c_prev=as_type(c[:-1]), tanh_c=as_type(tanh_c),
+                recurrent_t=recurrent.T.astype(dtype))
+
+
+def run_lstm_scan(ops, case, contended):
+    steps, n, width = case["acts"].shape
+    dtype = case["acts"].dtype
+    dh_next, dc = np.zeros((n, width // 4), dtype), np.zeros((n, width // 4), dtype)
+    da = np.full((steps, n, width), np.nan, dtype)
+    ops.lstm_scan_backward(case["dh_out"], case["acts"], case["c_prev"], case["tanh_c"], case["recurrent_t"],
+                           dh_next, dc, da, contended)
+    return dict(da=da, dc=dc, dh_next=dh_next)
+
+
+SCAN_SHAPES = [(1, 3, 5), (4, 2, 7), (5, 6, 8), (9, 4, 13)]  # (T, N, U): whole blocks of 4 steps, and tails
+
+
+@pytest.mark.parametrize("steps,n,u", SCAN_SHAPES)
+@pytest.mark.parametrize("contended", [False, True])
+def test_numpy_lstm_scan_backward_follows_the_equations(steps, n, u, contended):
+    case = lstm_sequence(np.random.default_rng(steps * 100 + u), steps, n, u, np.float64)
+    got = run_lstm_scan(kernels.NUMPY, case, contended)
+    dh_next, dc = np.zeros((n, u)), np.zeros((n, u))
+    for t in reversed(range(steps)):
+        da, dc = lstm_step_backward(case["dh_out"][t], dh_next, case["acts"][t], case["c_prev"][t],
+                                    case["tanh_c"][t], dc)
+        np.testing.assert_allclose(got["da"][t], da, rtol=1e-12, atol=1e-12, err_msg=f"step {t}")
+        if t:
+            dh_next = da @ case["recurrent_t"]
+    np.testing.assert_allclose(got["dc"], dc, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["dh_next"], dh_next, rtol=1e-12, atol=1e-12)  # step 1's: step 0 adds none
+
+
 def test_numpy_cells_keep_float32():
     rng = np.random.default_rng(0)
     for name, (make_case, run) in CELLS.items():
@@ -184,6 +226,16 @@ def test_compiled_cells_match_the_numpy_cells(numba_kernels, name, n, u):
     case = make_case(np.random.default_rng(n * 1000 + u), n, u)
     got, expect = run(numba_kernels, case), run(kernels.NUMPY, case)
     assert got.keys() == expect.keys()
+    for key in expect:
+        assert got[key].dtype == np.float32
+        np.testing.assert_allclose(got[key], expect[key], rtol=1e-5, atol=2e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("steps,n,u", SCAN_SHAPES)
+@pytest.mark.parametrize("contended", [False, True])
+def test_compiled_lstm_scan_backward_matches_the_numpy_one(numba_kernels, steps, n, u, contended):
+    case = lstm_sequence(np.random.default_rng(steps * 10 + n), steps, n, u, np.float32)
+    got, expect = run_lstm_scan(numba_kernels, case, contended), run_lstm_scan(kernels.NUMPY, case, contended)
     for key in expect:
         assert got[key].dtype == np.float32
         np.testing.assert_allclose(got[key], expect[key], rtol=1e-5, atol=2e-6, err_msg=key)

@@ -403,12 +403,11 @@ class LSTM(Recurrent):
         dh_next[...] = 0
         dc[...] = 0
 
+        contended = kernels.split_workers(da.shape[1], da.size) > 1  # as over_batch splits it
+
         def run(a, b):
-            for t in reversed(range(steps)):
-                ops.lstm_cell_backward(dh_out[t][a:b], dh_next[a:b], acts[t, a:b], c[t, a:b], tanh_c[t, a:b],
-                                       dc[a:b], da[t, a:b])
-                if t:
-                    np.matmul(da[t, a:b], recurrent_t, out=dh_next[a:b])
+            ops.lstm_scan_backward([d[a:b] for d in dh_out], acts[:, a:b], c[:steps, a:b], tanh_c[:, a:b],
+                                   recurrent_t, dh_next[a:b], dc[a:b], da[:, a:b], contended)
 
         kernels.over_batch(run, da.shape[1], da.size)
         return da, da

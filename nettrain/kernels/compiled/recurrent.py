@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reference.recurrent import lstm_steps_backward
 from .jit import jit
 
-__all__ = ["rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward",
-           "gru_cell_backward"]
+__all__ = ["rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward", "lstm_cell_backward", "lstm_scan_backward",
+           "gru_cell_forward", "gru_cell_backward"]
 
 # One timestep's element-wise work in one pass over (N, U): every gate of a unit is
 # read, activated and combined while in registers. The GEMMs stay in BLAS (the recurrent
@@ -144,6 +145,15 @@ def lstm_cell_backward(dy, dh, acts, c_prev, tanh_c, dc, da):
             dg[j] = cell * i * (_ONE - g * g)
             do[j] = total * t * o * (_ONE - o)
             gc[j] = cell * f
+
+
+
+def lstm_scan_backward(dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da, contended=False):
+    """All steps of an LSTM's backward, one fused cell kernel call per step, contended or not.
+
+    See :func:`nettrain.kernels.reference.recurrent.lstm_scan_backward`.
+    """
+    lstm_steps_backward(lstm_cell_backward, dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da)
 
 
 @jit(**CELL)

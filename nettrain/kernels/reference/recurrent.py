@@ -138,6 +138,74 @@ def lstm_cell_backward(
     dc *= f
 
 
+
+def lstm_steps_backward(cell_backward, dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da) -> None:
+    """An LSTM's backward over all steps, last to first, one ``cell_backward`` call (a
+    :func:`lstm_cell_backward`) and one GEMM per step. Arguments as for :func:`lstm_scan_backward`."""
+    for t in reversed(range(acts.shape[0])):
+        cell_backward(dh_out[t], dh_next, acts[t], c_prev[t], tanh_c[t], dc, da[t])
+        if t:  # step 0's recurrent gradient would flow into the fixed zero state
+            np.matmul(da[t], recurrent_t, out=dh_next)
+
+
+LSTM_BACKWARD_BLOCK = 4
+"""Steps whose backward factors :func:`lstm_scan_backward` computes together when contended."""
+
+
+def lstm_scan_backward(
+    dh_out, acts: np.ndarray, c_prev: np.ndarray, tanh_c: np.ndarray, recurrent_t: np.ndarray,
+    dh_next: np.ndarray, dc: np.ndarray, da: np.ndarray, contended: bool = False,
+) -> None:
+    """An LSTM's backward over all T steps of a range of the batch's rows, last step first.
+
+    ``dh_out`` (T arrays (n, U)): the output's gradient at each step; ``acts`` (T, n, 4U)
+    the activated gates, ``c_prev`` (T, n, U) each step's c_{t-1}, ``tanh_c`` (T, n, U);
+    ``recurrent_t`` the recurrent kernel transposed, (4U, U). ``dh_next`` and ``dc`` (n, U)
+    start as the gradients from past the last step (zeros) and are overwritten; ``da``
+    (T, n, 4U) receives the pre-activations' gradients.
+
+    ``contended``: other threads run this scan on other rows at the same time. The
+    NumPy calls of one step are small, and each holds the GIL for its set-up, so two
+    threads making 15 of them per step wait on each other (measured: a step's element-wise
+    work took 1.9x as long). Then every factor that does not depend on the gradient from
+    the step after (the activations' slopes times the other factor of each gate, and
+    o * (1 - tanh(c)^2)) is computed for a block of :data:`LSTM_BACKWARD_BLOCK` steps at
+    once, which leaves 6 calls per step; on one thread that costs more than it saves.
+    """
+    if not contended:
+        lstm_steps_backward(lstm_cell_backward, dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da)
+        return
+    steps, (n, u) = acts.shape[0], dc.shape
+    _, _, top, base = gate_constants(LSTM_TANH_GATES, u, acts.dtype)
+    q_block = scratch("lstm_q", (LSTM_BACKWARD_BLOCK, n, u), dc.dtype)
+    total = scratch("recurrent_dh", dc.shape, dc.dtype)
+    for stop in range(steps, 0, -LSTM_BACKWARD_BLOCK):
+        start = max(0, stop - LSTM_BACKWARD_BLOCK)
+        a, d, q = acts[start:stop], da[start:stop], q_block[: stop - start]
+        np.subtract(a, top, out=d)  # the slopes, as activation_slopes
+        d *= a
+        np.subtract(base, d, out=d)
+        i, _, g, o = gate_blocks(a, 4)
+        d_i, d_f, d_g, d_o = gate_blocks(d, 4)
+        d_i *= g
+        d_f *= c_prev[start:stop]
+        d_g *= i
+        d_o *= tanh_c[start:stop]
+        np.multiply(tanh_c[start:stop], tanh_c[start:stop], out=q)
+        np.subtract(1, q, out=q)
+        q *= o
+        for t in reversed(range(start, stop)):
+            np.add(dh_out[t], dh_next, out=total)
+            gates = da[t].reshape(n, 4, u)
+            gates[:, 3] *= total
+            total *= q[t - start]
+            dc += total
+            gates[:, :3] *= dc[:, None, :]
+            dc *= acts[t, :, u : 2 * u]
+            if t:
+                np.matmul(da[t], recurrent_t, out=dh_next)
+
+
 def gru_cell_forward(
     gates: np.ndarray, hr: np.ndarray, recurrent_bias: np.ndarray, h_prev: np.ndarray, hw_n: np.ndarray,
     h: np.ndarray,
