@@ -192,3 +192,22 @@ def test_summarize_memory_estimate_is_within_1_5x_of_the_measured_peak(path, mon
     result = benchmark(load_config(path), batch_size=16, steps=1, warmup=2, use_fast=False, layer_steps=1)
     measured, estimated = result["peak_traced_mib"], result["estimated_mib"]
     assert measured / 1.5 <= estimated <= 1.5 * measured, (measured, estimated)
+
+
+def test_conv_floor_script_times_every_resnet20_convolution_shape():
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "conv_floor.py"
+    done = subprocess.run([sys.executable, str(script), "--batch-size", "2", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if re.match(r"\| \d+->\d+", line)]
+    assert [row[0].strip() for row in rows] == ["3->16, 32x32, /1", "16->16, 32x32, /1", "16->32, 32x32, /2",
+                                                 "32->32, 16x16, /1", "32->64, 16x16, /2", "64->64, 8x8, /1"]
+    assert sum(int(row[1]) for row in rows) == 19  # ResNet-20's convolutions
+    for row in rows:
+        whole, gemms = float(row[2]), float(row[3])
+        assert whole > 0 and gemms > 0
+    assert "| all 19 |" in done.stdout

@@ -24,11 +24,12 @@ from .pool import (PARALLEL_MIN_ELEMENTS, batch_chunks, chunk_workers, even_rang
 ROWS_CHUNK_FACTOR = 10 / 3
 """Channels-last chunks hold 0.3x the bytes of channels-first ones: with the default 4 MiB, ResNet-20's
 patch rows come in chunks of about 1.2 MB (2, 4 and 8 images at 16, 32 and 64 channels), which stay
-in a 2 MiB L2 between the copy and the GEMMs (measured: 4.5% faster training with 1 thread than with
-half the bytes, 1% with 2; benchmarks/README.md, round seven)."""
+in a 2 MiB L2 between the copy and the GEMMs. Measured against 2 MiB of rows (3, 7 and 14 images):
+the convolutions' parts 5–15% faster per image with 1 thread; whole ResNet-20 steps 0.7–4% faster
+in training and 1.5–3% in eval, with 1 thread and 2 (benchmarks/README.md, round seven)."""
 
 
-def _rows_sample_bytes(g: ConvGeometry, itemsize: int) -> int:
+def rows_sample_bytes(g: ConvGeometry, itemsize: int) -> int:
     """The bytes per sample that size a channels-last chunk: its patch rows, times :data:`ROWS_CHUNK_FACTOR`."""
     return int(g.rows * g.pixels * itemsize * ROWS_CHUNK_FACTOR)
 
@@ -219,7 +220,7 @@ def _forward_rows(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, g:
             z = np.matmul(rows, wr, out=scratch("gemm", (shape[0], f), x.dtype))
             ops.rows_to_images(z, bias, y[n0:n1], relu)
 
-    _run_forward(work, n, _rows_sample_bytes(g, x.itemsize), keep_cols)
+    _run_forward(work, n, rows_sample_bytes(g, x.itemsize), keep_cols)
     return y.reshape(n, f, *g.out_hw)
 
 
@@ -249,7 +250,7 @@ def _backward_rows(
             if input_grad:
                 ops.row2im(np.matmul(dz, wr.T, out=rows), g, dx[n0:n1])
 
-    run_on_chunks(work, batch_chunks(n, _rows_sample_bytes(g, x.itemsize), workers), workers)
+    run_on_chunks(work, batch_chunks(n, rows_sample_bytes(g, x.itemsize), workers), workers)
     dkernel = dws.sum(axis=0).reshape(f, *g.kernel, c).transpose(0, 3, 1, 2)
     return dx, np.ascontiguousarray(dkernel), dbs.sum(axis=0) if with_bias else None
 
@@ -270,7 +271,7 @@ def conv2d_forward_to_rows(x: np.ndarray, kernel: np.ndarray, g: ConvGeometry, o
             rows = ops.im2row(x[n0:n1], g, scratch("cols", ((n1 - n0) * g.pixels, g.rows), x.dtype))
             np.matmul(rows, wr, out=z[n0 * g.pixels : n1 * g.pixels])
 
-    _run_forward(work, n, _rows_sample_bytes(g, x.itemsize), None)
+    _run_forward(work, n, rows_sample_bytes(g, x.itemsize), None)
     return z
 
 
@@ -297,7 +298,7 @@ def conv2d_forward_from_rows(z_in: np.ndarray, in_bias: np.ndarray | None, in_re
             z = np.matmul(rows, wr, out=scratch("gemm", (m * g.pixels, f), z_in.dtype))
             ops.rows_to_images_add(z, bias, _chunk(shortcut, n0, n1), stride, offset, relu, y[n0:n1])
 
-    _run_forward(work, n, _rows_sample_bytes(g, z_in.itemsize), None)
+    _run_forward(work, n, rows_sample_bytes(g, z_in.itemsize), None)
     return y.reshape(n, f, *g.out_hw)
 
 
