@@ -173,7 +173,11 @@ class Residual(Layer):
             # the body's own fresh array: add the shortcut's gradient into it, touching only its cells
             if self.spec.shortcut == "zero_pad":
                 s, (before, after) = self.stride, self.channel_pad
-                dx[:, :, ::s, ::s] += dy[:, before : dy.shape[1] - after]
+
+                def add(n0, n1):  # ranges of samples on the worker threads
+                    dx[n0:n1, :, ::s, ::s] += dy[n0:n1, before : dy.shape[1] - after]
+
+                kernels.over_batch(add, dx.shape[0], dy.size)
             else:  # the sum kernel, split over the worker threads
                 kernels.backend(dx.dtype).residual_add(dx, self._shortcut_backward(dy), out=dx)
             return dx

@@ -40,7 +40,7 @@ KERNELS = {
     "batchnorm_relu_backward": batchnorm.batchnorm_relu_backward,
     "relu_forward": activations.threaded_relu_forward,
     "relu_backward": activations.threaded_relu_backward,
-    "residual_add": activations.residual_add,
+    "residual_add": activations.threaded_residual_add,
     "rnn_cell_forward": recurrent.rnn_cell_forward,
     "rnn_cell_backward": recurrent.rnn_cell_backward,
     "lstm_cell_forward": recurrent.lstm_cell_forward,

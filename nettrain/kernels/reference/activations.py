@@ -47,3 +47,14 @@ def residual_add(body: np.ndarray, shortcut: np.ndarray, stride: int = 1, offset
     if relu:
         np.maximum(y, 0, out=y)
     return y
+
+
+def threaded_residual_add(body: np.ndarray, shortcut: np.ndarray, stride: int = 1, offset: int = 0,
+                          relu: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`residual_add` on the worker threads, by ranges of samples."""
+    result = np.empty(body.shape, body.dtype) if out is None else out
+
+    def add(b, s, out):
+        residual_add(b, s, stride, offset, relu, out=out)
+
+    return split_samples(add, (result,), (body, shortcut))
