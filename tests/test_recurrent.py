@@ -258,3 +258,21 @@ def test_lstm_eval_forward_projecting_each_step_equals_the_training_pass(kernel_
         np.testing.assert_array_equal(layer.backward(dy), dx_eval)
     finally:
         kernels.use_kernels(previous)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_backward_after_an_eval_forward_gives_the_training_gradients(type_name, return_sequences):
+    # an eval pass may keep less than a training pass (the LSTM keeps nothing); backward still holds
+    layer = make(type_name, units=5, return_sequences=return_sequences)
+    layer.build((6, 4), np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((3, 6, 4)).astype(np.float32)
+    y_train = layer.forward(x, training=True)
+    dy = np.random.default_rng(2).standard_normal(y_train.shape).astype(np.float32)
+    dx_train = layer.backward(dy)
+    grads_train = {k: v.copy() for k, v in layer.grads.items()}
+    y_eval = layer.forward(x, training=False)
+    np.testing.assert_array_equal(y_eval, y_train)
+    np.testing.assert_allclose(layer.backward(dy), dx_train, rtol=1e-5, atol=1e-6)
+    for key, grad in grads_train.items():
+        np.testing.assert_allclose(layer.grads[key], grad, rtol=1e-5, atol=1e-6, err_msg=key)

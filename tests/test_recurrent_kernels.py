@@ -241,6 +241,32 @@ def test_compiled_lstm_scan_backward_matches_the_numpy_one(numba_kernels, steps,
         np.testing.assert_allclose(got[key], expect[key], rtol=1e-5, atol=2e-6, err_msg=key)
 
 
+def run_lstm_infer(ops, case):
+    n, u = case["c_prev"].shape
+    c, h = np.full((n, u), np.nan, case["xw"].dtype), np.full((n, u), np.nan, case["xw"].dtype)
+    ops.lstm_cell_infer(case["xw"].copy(), case["hr"], case["c_prev"], c, h)
+    return dict(c=c, h=h)
+
+
+@pytest.mark.parametrize("n,u", SHAPES)
+def test_numpy_lstm_eval_step_writes_the_training_steps_c_and_h(n, u):
+    case = lstm_case(np.random.default_rng(n * 7 + u), n, u, dtype=np.float64)
+    got, expect = run_lstm_infer(kernels.NUMPY, case), run_lstm(kernels.NUMPY, case)
+    for key in ("c", "h"):
+        np.testing.assert_array_equal(got[key], expect[key], err_msg=key)
+
+
+@pytest.mark.parametrize("n,u", SHAPES)
+def test_compiled_lstm_eval_step_matches_the_compiled_training_step_and_numpy(numba_kernels, n, u):
+    case = lstm_case(np.random.default_rng(n * 7 + u), n, u)
+    got, trained = run_lstm_infer(numba_kernels, case), run_lstm(numba_kernels, case)
+    expect = run_lstm_infer(kernels.NUMPY, case)
+    for key in ("c", "h"):
+        assert got[key].dtype == np.float32
+        np.testing.assert_array_equal(got[key], trained[key], err_msg=key)  # the same arithmetic
+        np.testing.assert_allclose(got[key], expect[key], rtol=1e-5, atol=2e-6, err_msg=key)
+
+
 def test_compiled_tanh_is_accurate_bounded_and_passes_nan(numba_kernels):
     from nettrain.kernels.compiled.recurrent import tanh_approx
 

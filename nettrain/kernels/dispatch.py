@@ -51,6 +51,7 @@ KERNEL_NAMES = (
     "rnn_cell_backward",
     "lstm_cell_forward",
     "lstm_cell_backward",
+    "lstm_cell_infer",
     "lstm_scan_backward",
     "gru_cell_forward",
     "gru_cell_backward",

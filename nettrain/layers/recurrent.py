@@ -131,8 +131,7 @@ class Recurrent(Layer):
         if training and self.shared_projection_grad:
             self._h_rows = xh[:, :, features + 1 :]
             self._h_rows[0] = 0
-        kernel_and_bias = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
-        kernel_and_bias[:features], kernel_and_bias[features] = self.params["kernel"], self.params["bias"]
+        kernel_and_bias = self.kernel_and_bias()
         if not training and self.projecting_scan:
             self._h = self.scan_projecting(xs, kernel_and_bias)
         else:
@@ -179,6 +178,13 @@ class Recurrent(Layer):
             return None
         dx = kernels.matmul(dxw, self.params["kernel"].T, self.work("dx", (steps * n, self.in_shape[1])))
         return dx.reshape(steps, n, -1).transpose(1, 0, 2).copy()
+
+    def kernel_and_bias(self) -> np.ndarray:
+        """The kernel with the bias as one more row, (F+1, G*U): the input projection's operand."""
+        features = self.in_shape[1]
+        kernel_and_bias = kernels.scratch("kernel_and_bias", (features + 1, self.width), self.dtype)
+        kernel_and_bias[:features], kernel_and_bias[features] = self.params["kernel"], self.params["bias"]
+        return kernel_and_bias
 
     def cache_bytes(self, batch: int) -> int:
         """The time-major input copy, the gates, the hidden states and the layer's other arrays kept
@@ -375,18 +381,19 @@ class LSTM(Recurrent):
         steps, n, width = xs.shape[0], xs.shape[1], self.width
         h = self.initial_state("h", n, steps)
         c = self.initial_state("c", n, steps)
-        tanh_c = self.work("tanh_c", (steps, n, self.spec.units))
-        gates = self.work("gates", (steps, n, width))  # activated in place and kept, as by scan
 
         def run(a, b):
+            # nothing is kept for a backward pass: one step's gates in a buffer that stays in cache
+            gates = kernels.scratch("recurrent_gates", (b - a, width), self.dtype)
             hr = kernels.scratch("recurrent_projection", (b - a, width), self.dtype)
             for t in range(steps):
-                np.matmul(xs[t, a:b], kernel_and_bias, out=gates[t, a:b])
+                np.matmul(xs[t, a:b], kernel_and_bias, out=gates)
                 np.matmul(h[t, a:b], recurrent, out=hr)
-                ops.lstm_cell_forward(gates[t, a:b], hr, c[t, a:b], c[t + 1, a:b], tanh_c[t, a:b], h[t + 1, a:b])
+                ops.lstm_cell_infer(gates, hr, c[t, a:b], c[t + 1, a:b], h[t + 1, a:b])
 
-        kernels.over_batch(run, n, gates.size)
-        self._c, self._acts, self._tanh_c = c, gates, tanh_c
+        kernels.over_batch(run, n, steps * n * width)
+        self._c = c
+        self._acts = self._tanh_c = None  # an eval pass: no backward
         return h
 
     def cell_state_values(self, steps: int) -> int:
@@ -394,6 +401,10 @@ class LSTM(Recurrent):
         return (steps + 1) * units + steps * units + steps * self.width + 2 * units  # c, tanh_c, da, dh_next, dc
 
     def scan_backward(self, dh_out):
+        if self._acts is None:  # after an eval pass, which keeps nothing for backward: the training scan
+            steps, n = self._h.shape[0] - 1, self._h.shape[1]
+            xw = kernels.matmul(self._xs, self.kernel_and_bias(), self.work("gates", (steps * n, self.width)))
+            self.scan(xw.reshape(steps, n, -1))
         ops = kernels.backend(self.dtype)
         recurrent_t = self.params["recurrent_kernel"].T
         c, acts, tanh_c = self._c, self._acts, self._tanh_c

@@ -45,6 +45,7 @@ KERNELS = {
     "rnn_cell_backward": recurrent.rnn_cell_backward,
     "lstm_cell_forward": recurrent.lstm_cell_forward,
     "lstm_cell_backward": recurrent.lstm_cell_backward,
+    "lstm_cell_infer": recurrent.lstm_cell_infer,
     "lstm_scan_backward": recurrent.lstm_scan_backward,
     "gru_cell_forward": recurrent.gru_cell_forward,
     "gru_cell_backward": recurrent.gru_cell_backward,

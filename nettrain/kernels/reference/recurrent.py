@@ -109,6 +109,11 @@ def lstm_cell_forward(
     np.multiply(o, tanh_c, out=h)
 
 
+def lstm_cell_infer(gates: np.ndarray, hr: np.ndarray, c_prev: np.ndarray, c: np.ndarray, h: np.ndarray) -> None:
+    """An eval step: ``c`` and ``h`` as :func:`lstm_cell_forward` writes them, nothing kept for a backward
+    pass (``gates`` may be overwritten)."""
+    lstm_cell_forward(gates, hr, c_prev, c, scratch("lstm_tanh_c", c.shape, c.dtype), h)
+
 def lstm_cell_backward(
     dy: np.ndarray, dh: np.ndarray, acts: np.ndarray, c_prev: np.ndarray, tanh_c: np.ndarray,
     dc: np.ndarray, da: np.ndarray,
