@@ -25,11 +25,10 @@ from .dispatch import (NUMPY, backend, compiled_available, compiled_enabled, ker
 from .geometry import ConvGeometry, Pad4
 from .gemm import (channels_last, conv2d_backward, conv2d_forward, conv2d_forward_from_rows, conv2d_forward_to_rows,
                    matmul, matmul_tn, matmul_tn_partials_bytes)
-from .pool import blas, chunk_workers, even_ranges, inside_share, over_batch, run_on_chunks, scratch, split_workers
+from .pool import blas, chunk_workers, even_ranges, inside_share, over_batch, run_on_chunks, scratch
 from .reference.pooling import window_counts
 
 __all__ = ["NUMPY", "ConvGeometry", "Pad4", "backend", "blas", "channels_last", "chunk_workers",
            "compiled_available", "compiled_enabled", "conv2d_backward", "conv2d_forward", "conv2d_forward_from_rows",
            "conv2d_forward_to_rows", "even_ranges", "inside_share", "kernel_path", "kernel_set", "matmul",
-           "matmul_tn", "over_batch", "run_on_chunks", "scratch", "set_compiled", "split_workers", "use_kernels",
-           "window_counts"]
+           "matmul_tn", "over_batch", "run_on_chunks", "scratch", "set_compiled", "use_kernels", "window_counts"]

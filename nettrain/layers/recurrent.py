@@ -414,11 +414,9 @@ class LSTM(Recurrent):
         dh_next[...] = 0
         dc[...] = 0
 
-        contended = kernels.split_workers(da.shape[1], da.size) > 1  # as over_batch splits it
-
-        def run(a, b):
+        def run(a, b):  # contended: other worker threads run the scan on other rows
             ops.lstm_scan_backward([d[a:b] for d in dh_out], acts[:, a:b], c[:steps, a:b], tanh_c[:, a:b],
-                                   recurrent_t, dh_next[a:b], dc[a:b], da[:, a:b], contended)
+                                   recurrent_t, dh_next[a:b], dc[a:b], da[:, a:b], kernels.inside_share())
 
         kernels.over_batch(run, da.shape[1], da.size)
         return da, da

@@ -8,8 +8,7 @@ from ..reference.recurrent import lstm_steps_backward
 from .jit import jit
 
 __all__ = ["rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward", "lstm_cell_backward", "lstm_cell_infer",
-           "lstm_scan_backward",
-           "gru_cell_forward", "gru_cell_backward"]
+           "lstm_scan_backward", "gru_cell_forward", "gru_cell_backward"]
 
 # One timestep's element-wise work in one pass over (N, U): every gate of a unit is
 # read, activated and combined while in registers. The GEMMs stay in BLAS (the recurrent
@@ -102,6 +101,14 @@ def rnn_cell_backward(dy, dh, h, da):
             out[j] = (gy[j] + gh[j]) * (_ONE - y[j] * y[j])
 
 
+@jit(inline="always")
+def _lstm_unit(a_i, a_f, a_g, a_o, c_prev):
+    """One unit of an LSTM step from its four pre-activations: the gates i, f, g, o, c and tanh(c)."""
+    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), _tanh(a_g), _sigmoid(a_o)
+    cell = f * c_prev + i * g
+    return i, f, g, o, cell, _tanh(cell)
+
+
 @jit(**CELL)
 def lstm_cell_forward(gates, hr, c_prev, c, tanh_c, h):
     """LSTM step: gates (N, 4U) pre-activations in, i, f, g, o out; writes c, tanh_c, h (N, U).
@@ -115,15 +122,9 @@ def lstm_cell_forward(gates, hr, c_prev, c, tanh_c, h):
         ri, rf, rg, ro = _gates4(rec, u)
         cp, cs, tc, hs = c_prev[s], c[s], tanh_c[s], h[s]
         for j in range(u):
-            i = _sigmoid(gi[j] + ri[j])
-            f = _sigmoid(gf[j] + rf[j])
-            g = _tanh(gg[j] + rg[j])
-            o = _sigmoid(go[j] + ro[j])
+            i, f, g, o, cell, t = _lstm_unit(gi[j] + ri[j], gf[j] + rf[j], gg[j] + rg[j], go[j] + ro[j], cp[j])
             gi[j], gf[j], gg[j], go[j] = i, f, g, o
-            cell = f * cp[j] + i * g
-            t = _tanh(cell)
             cs[j], tc[j], hs[j] = cell, t, o * t
-
 
 
 @jit(**CELL)
@@ -141,12 +142,9 @@ def lstm_cell_infer(gates, hr, c_prev, c, h):
         ri, rf, rg, ro = _gates4(rec, u)
         cp, cs, hs = c_prev[s], c[s], h[s]
         for j in range(u):
-            i = _sigmoid(gi[j] + ri[j])
-            f = _sigmoid(gf[j] + rf[j])
-            g = _tanh(gg[j] + rg[j])
-            o = _sigmoid(go[j] + ro[j])
-            cell = f * cp[j] + i * g
-            cs[j], hs[j] = cell, o * _tanh(cell)
+            _, _, _, o, cell, t = _lstm_unit(gi[j] + ri[j], gf[j] + rf[j], gg[j] + rg[j], go[j] + ro[j], cp[j])
+            cs[j], hs[j] = cell, o * t
+
 
 @jit(**CELL)
 def lstm_cell_backward(dy, dh, acts, c_prev, tanh_c, dc, da):
@@ -169,7 +167,6 @@ def lstm_cell_backward(dy, dh, acts, c_prev, tanh_c, dc, da):
             dg[j] = cell * i * (_ONE - g * g)
             do[j] = total * t * o * (_ONE - o)
             gc[j] = cell * f
-
 
 
 def lstm_scan_backward(dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da, contended=False):

@@ -58,10 +58,10 @@ def gate_constants(tanh_gates: tuple[bool, ...], u: int, dtype) -> tuple[np.ndar
     return _GATE_CONSTANTS[key]
 
 
-def activation_slopes(acts: np.ndarray, tanh_gates: tuple[bool, ...]) -> np.ndarray:
-    """(N, G*U) activated gates -> a work array of their activations' derivatives."""
-    _, _, top, base = gate_constants(tanh_gates, acts.shape[1] // len(tanh_gates), acts.dtype)
-    slope = scratch("recurrent_slope", acts.shape, acts.dtype)
+def activation_slopes(acts: np.ndarray, tanh_gates: tuple[bool, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """(..., G*U) activated gates -> their activations' derivatives, in ``out`` or a work array."""
+    _, _, top, base = gate_constants(tanh_gates, acts.shape[-1] // len(tanh_gates), acts.dtype)
+    slope = scratch("recurrent_slope", acts.shape, acts.dtype) if out is None else out
     np.subtract(acts, top, out=slope)
     slope *= acts
     np.subtract(base, slope, out=slope)
@@ -181,15 +181,12 @@ def lstm_scan_backward(
         lstm_steps_backward(lstm_cell_backward, dh_out, acts, c_prev, tanh_c, recurrent_t, dh_next, dc, da)
         return
     steps, (n, u) = acts.shape[0], dc.shape
-    _, _, top, base = gate_constants(LSTM_TANH_GATES, u, acts.dtype)
     q_block = scratch("lstm_q", (LSTM_BACKWARD_BLOCK, n, u), dc.dtype)
     total = scratch("recurrent_dh", dc.shape, dc.dtype)
     for stop in range(steps, 0, -LSTM_BACKWARD_BLOCK):
         start = max(0, stop - LSTM_BACKWARD_BLOCK)
         a, d, q = acts[start:stop], da[start:stop], q_block[: stop - start]
-        np.subtract(a, top, out=d)  # the slopes, as activation_slopes
-        d *= a
-        np.subtract(base, d, out=d)
+        activation_slopes(a, LSTM_TANH_GATES, out=d)
         i, _, g, o = gate_blocks(a, 4)
         d_i, d_f, d_g, d_o = gate_blocks(d, 4)
         d_i *= g
