@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pool import over_batch, scratch, split_samples
+from .activations import relu_backward
 
 # Arrays arrive as (M, F, P): M samples, F features, P positions sharing a
 # feature's statistics (P = H*W for images, 1 for vectors; a (N, T, F) sequence
@@ -78,7 +79,7 @@ def threaded_batchnorm_affine(x3, scale, shift):
 
 def _relu_masked(dy3: np.ndarray, y3: np.ndarray | None) -> np.ndarray:
     """``dy3`` where the ReLU's output ``y3`` is positive, else 0 (``dy3`` itself without a ReLU)."""
-    return dy3 if y3 is None else np.multiply(dy3, y3 > 0, dtype=dy3.dtype)
+    return dy3 if y3 is None else relu_backward(dy3, y3)
 
 
 def threaded_batchnorm_backward(x3, dy3, mean, inv_std, gamma, combine=None, relu_output=None):
